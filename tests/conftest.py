@@ -1,0 +1,31 @@
+"""Shared test configuration: the `cuda` marker and a guard against runs that test nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A run in which nothing passed (all skipped, or everything deselected) proves nothing: fail it.
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or exitstatus != 0:
+        return
+    if not reporter.stats.get("passed"):
+        reporter.write_line("error: no test passed in this run", red=True)
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The accelerator if there is one, else the CPU (for tests that run on either)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
