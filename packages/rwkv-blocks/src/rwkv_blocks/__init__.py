@@ -1,5 +1,22 @@
 """rwkv-blocks: bidirectional RWKV building blocks for vision models, on [B, C, H, W] maps."""
 
+from .block import BiRWKVBlock
+from .channel_mix import ChannelMix
+from .context import RWKVContextCell, RWKVFusionNet
+from .omnishift import OmniShift, reparameterize_model
+from .optim import rwkv_param_groups
+from .spatial_mix import SpatialMix
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "BiRWKVBlock",
+    "ChannelMix",
+    "OmniShift",
+    "RWKVContextCell",
+    "RWKVFusionNet",
+    "SpatialMix",
+    "__version__",
+    "reparameterize_model",
+    "rwkv_param_groups",
+]

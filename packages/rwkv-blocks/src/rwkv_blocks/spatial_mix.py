@@ -1,0 +1,98 @@
+"""SpatialMix: global token mixing with the bidirectional WKV op (Vision-RWKV's attention)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from biwkv4_kernel import biwkv4
+
+from ._checks import check_dim, check_map, check_tokens
+from .omnishift import OmniShift
+
+__all__ = ["SpatialMix"]
+
+
+class SpatialMix(nn.Module):
+    """Bidirectional WKV attention over a map: the Spatial Mix of Vision-RWKV (Duan et al., 2024).
+
+    With ``x̃ = OmniShift(x)`` flattened to ``T = H·W`` tokens in raster order,
+
+        k, v, r = x̃ W_k, x̃ W_v, x̃ W_r                                   (no biases)
+        y       = W_o (sigmoid(r) ⊙ Bi-WKV(decay / T, boost / T, k, v))
+
+    where ``Bi-WKV`` averages the values of all tokens with weights
+    ``exp(-(|t - i| - 1)·decay/T + k_i)`` (``exp(boost/T + k_t)`` for the token itself), see
+    :func:`biwkv4_kernel.biwkv4`. Dividing by T makes the decay a fraction of the whole sequence,
+    so the same parameters work at every resolution.
+
+    ``decay`` and ``boost`` are learnable per-channel ``[C]`` parameters, initialized as in
+    Vision-RWKV's "fancy" init for its first layer: ``decay_c = -5 + 8·(c / (C - 1))^0.7`` (from
+    channels that favour distant tokens to channels that favour near ones) and
+    ``boost_c = ln 0.3 + 0.5·((c + 1) mod 3 - 1)``. Give them their own learning rate with
+    :func:`rwkv_blocks.rwkv_param_groups`.
+
+    Args:
+        dim: number of channels C.
+        device, dtype: factory kwargs for the parameters.
+
+    Shape:
+        ``[B, C, H, W] -> [B, C, H, W]`` for any H, W >= 1; :meth:`forward_tokens` takes
+        ``[B, T, C]``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.dim = check_dim(dim)
+        self.omni_shift = OmniShift(dim, **factory)
+        self.key = nn.Linear(dim, dim, bias=False, **factory)
+        self.value = nn.Linear(dim, dim, bias=False, **factory)
+        self.receptance = nn.Linear(dim, dim, bias=False, **factory)
+        self.output = nn.Linear(dim, dim, bias=False, **factory)
+        self.decay = nn.Parameter(torch.empty(dim, **factory))
+        self.boost = nn.Parameter(torch.empty(dim, **factory))
+        self.reset_wkv_parameters()
+
+    @torch.no_grad()
+    def reset_wkv_parameters(self) -> None:
+        """Re-initialize ``decay`` and ``boost`` (see the class docstring)."""
+        ratio = torch.linspace(0.0, 1.0, self.dim, dtype=torch.float64)
+        self.decay.copy_(-5.0 + 8.0 * ratio**0.7)
+        zigzag = torch.tensor([(c + 1) % 3 - 1 for c in range(self.dim)], dtype=torch.float64)
+        self.boost.copy_(math.log(0.3) + 0.5 * zigzag)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mix ``x`` ``[B, C, H, W]``; returns ``[B, C, H, W]``."""
+        H, W = check_map(x, self.dim)
+        y = self.forward_tokens(rearrange(x, "b c h w -> b (h w) c"), (H, W))
+        return rearrange(y, "b (h w) c -> b c h w", h=H, w=W)
+
+    def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Mix raster-order tokens ``x`` ``[B, H·W, C]`` of an ``size = (H, W)`` map."""
+        H, W = check_tokens(x, self.dim, size)
+        # A [B, T, C] tensor seen as [B, C, H, W] is a channels-last view: no copy either way.
+        x = self.omni_shift(rearrange(x, "b (h w) c -> b c h w", h=H, w=W))
+        x = rearrange(x, "b c h w -> b (h w) c")
+        k, v, r = self.key(x), self.value(x), self.receptance(x)
+        T = H * W
+        # The op accumulates in (at least) float32 whatever k's dtype; hand it w and u in at least
+        # float32 too, so a bfloat16 model does not round decay/T and boost/T first.
+        wkv_dtype = torch.promote_types(self.decay.dtype, torch.float32)
+        w = self.decay.to(wkv_dtype) / T
+        u = self.boost.to(wkv_dtype) / T
+        y = biwkv4(w, u, k, v)
+        return self.output(torch.sigmoid(r) * y)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
