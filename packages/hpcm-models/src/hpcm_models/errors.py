@@ -2,8 +2,61 @@
 
 from __future__ import annotations
 
-__all__ = ["HPCMError"]
+__all__ = [
+    "BitstreamError",
+    "CheckpointError",
+    "CorruptBitstreamError",
+    "DecodeMismatchError",
+    "HPCMError",
+    "ImageError",
+    "InputShapeError",
+    "LimitExceededError",
+    "TruncatedBitstreamError",
+    "UnsupportedFormatError",
+    "WeightsMismatchError",
+]
 
 
 class HPCMError(Exception):
     """Base class of every error hpcm-models raises on purpose (bad input, bad file, bad flags)."""
+
+
+class CheckpointError(HPCMError):
+    """A checkpoint does not fit the model: missing or unexpected keys, or mismatched shapes."""
+
+
+class InputShapeError(HPCMError, ValueError):
+    """An image or bitstream has a shape the model cannot code (e.g. sides not multiples of 128)."""
+
+
+class ImageError(HPCMError):
+    """An input image cannot be read or has a mode/bit depth the codec does not handle."""
+
+
+class BitstreamError(HPCMError):
+    """A compressed file cannot be decoded. Subclasses say why; none ever yields an image."""
+
+
+class UnsupportedFormatError(BitstreamError):
+    """Not an hpcm file (bad magic) or a format version this release cannot read."""
+
+
+class TruncatedBitstreamError(BitstreamError):
+    """The file ends before the header or a stream is complete."""
+
+
+class CorruptBitstreamError(BitstreamError):
+    """A checksum fails or a header field is inconsistent: the file was damaged."""
+
+
+class LimitExceededError(BitstreamError):
+    """A header asks for more pixels or latents than the configured safety limits allow."""
+
+
+class WeightsMismatchError(BitstreamError):
+    """The file was encoded with other model weights than the ones given for decoding."""
+
+
+class DecodeMismatchError(BitstreamError):
+    """The decoder's latents differ from the encoder's (e.g. encoded on another device whose
+    floating-point results differ): the reconstruction would be wrong, so it is refused."""
