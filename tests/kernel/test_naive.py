@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from biwkv4_kernel import naive_biwkv4
+from biwkv4_kernel import naive_biwkv4, naive_biwkv4_rows
 
 
 def _loop_biwkv4(
@@ -50,3 +50,20 @@ def test_naive_is_stable_for_large_keys() -> None:
     y = naive_biwkv4(w, u, k, v)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y[0, :, 0], v[0, 2, 0].expand(T))
+
+
+def test_rows_match_the_full_reference_and_give_the_log_denominator() -> None:
+    g = torch.Generator().manual_seed(1)
+    B, T, C = 2, 9, 3
+    w = torch.randn(C, generator=g, dtype=torch.float64) / T
+    u = torch.randn(C, generator=g, dtype=torch.float64) / T
+    k = torch.randn(B, T, C, generator=g, dtype=torch.float64) * 3
+    v = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+    rows = torch.tensor([4, 0, 8, 4])
+    y, lse = naive_biwkv4_rows(w, u, k, v, rows)
+    torch.testing.assert_close(y, naive_biwkv4(w, u, k, v)[:, rows], rtol=1e-13, atol=1e-13)
+    b, r, c = 1, 2, 2  # the denominator of row t = rows[r], written out
+    t = int(rows[r])
+    den = math.exp(u[c] + k[b, t, c])
+    den += sum(math.exp(-(abs(t - i) - 1) * w[c] + k[b, i, c]) for i in range(T) if i != t)
+    assert math.isclose(lse[b, r, c].item(), math.log(den), rel_tol=1e-13)

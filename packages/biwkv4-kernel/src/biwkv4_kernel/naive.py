@@ -1,13 +1,14 @@
 """The obviously-correct O(T²) reference for the bidirectional WKV op.
 
-Use it in tests, never in models: it materializes a [B, T, T, C] weight tensor.
+Use it in tests, never in models: ``naive_biwkv4`` materializes a [B, T, T, C] weight tensor;
+``naive_biwkv4_rows`` evaluates the same definition at chosen positions, for long sequences.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["naive_biwkv4"]
+__all__ = ["naive_biwkv4", "naive_biwkv4_rows"]
 
 
 def naive_biwkv4(
@@ -39,3 +40,38 @@ def naive_biwkv4(
     diag = torch.eye(T, dtype=torch.bool, device=k.device)[:, :, None]
     logits = torch.where(diag, (u + k)[:, :, None, :], logits)
     return (torch.softmax(logits, dim=2) * v[:, None, :, :]).sum(dim=2)
+
+
+def naive_biwkv4_rows(
+    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same definition evaluated at selected positions only, with the log-denominator.
+
+    For checking long sequences (T = 32k) where [B, T, T, C] does not fit: the memory is
+    [B, R, T, C] for R rows. Differentiable; summing ``(gy[:, rows] * y_rows).sum()`` over row
+    blocks that cover [0, T) and calling backward gives the full gradients.
+
+    Args:
+        w, u: [C]. k, v: [B, T, C] (as in :func:`naive_biwkv4`).
+        rows: [R] integer positions t.
+
+    Returns:
+        ``y`` [B, R, C] and ``lse`` [B, R, C] = ``log Σ_i exp(score[t, i])`` at those positions,
+        in the promoted dtype of the inputs.
+    """
+    dtype = torch.promote_types(
+        torch.promote_types(w.dtype, u.dtype), torch.promote_types(k.dtype, v.dtype)
+    )
+    w, u, k, v = (x.to(dtype) for x in (w, u, k, v))
+    T = k.shape[1]
+    rows = rows.to(device=k.device, dtype=torch.long)
+    pos = torch.arange(T, device=k.device)
+    dist = (rows[:, None] - pos[None, :]).abs().to(dtype)  # [R(t), T(i)]
+    # Channels first, so that the softmax runs over the last (contiguous) axis: [B, C, R, T].
+    kc, vc = k.transpose(1, 2), v.transpose(1, 2)
+    logits = -(dist - 1) * w[:, None, None] + kc[:, :, None, :]
+    diag = rows[:, None] == pos[None, :]
+    logits = torch.where(diag, (u[:, None] + kc[:, :, rows])[..., None], logits)
+    lse = torch.logsumexp(logits, dim=3)
+    y = (torch.softmax(logits, dim=3) * vc[:, :, None, :]).sum(dim=3)
+    return y.transpose(1, 2), lse.transpose(1, 2)
