@@ -70,7 +70,7 @@ def test_state_dict_is_the_official_schema(name, cls, params, load_schema) -> No
 
 
 def test_registry() -> None:
-    assert available_models() == ["hpcm-base", "hpcm-large"]
+    assert available_models()[:2] == ["hpcm-base", "hpcm-large"]  # then the RWKV phases
     assert compressai_registry.MODELS["hpcm-base"] is HPCMBase
     assert compressai_registry.MODELS["hpcm-large"] is HPCMLarge
     assert get_model("hpcm-large", M=32, N=16).config == HPCM_LARGE

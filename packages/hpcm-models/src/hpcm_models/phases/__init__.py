@@ -1,0 +1,26 @@
+"""HPCM × RWKV phases 1-4, their RWKV spatial prior, and warm starts from a trained baseline."""
+
+from .model import (
+    DEFAULT_CELL_HIDDEN_RATES,
+    HPCMRWKV,
+    REPLACEABLE_MODULES,
+    HPCMPhase1,
+    HPCMPhase2,
+    HPCMPhase3,
+    HPCMPhase4,
+)
+from .prior import RWKVSpatialPrior
+from .warm_start import WarmStart, from_baseline
+
+__all__ = [
+    "DEFAULT_CELL_HIDDEN_RATES",
+    "HPCMRWKV",
+    "REPLACEABLE_MODULES",
+    "HPCMPhase1",
+    "HPCMPhase2",
+    "HPCMPhase3",
+    "HPCMPhase4",
+    "RWKVSpatialPrior",
+    "WarmStart",
+    "from_baseline",
+]
