@@ -141,3 +141,123 @@ def bench(session: nox.Session) -> None:
             str(out / f"{script.stem}.json"),
             env=_current_env_pythonpath(),
         )
+
+
+@nox.session(venv_backend="uv", default=False)
+def build(session: nox.Session) -> None:
+    """Build, check and smoke-install an sdist and a wheel of each package (into `dist/`)."""
+    session.env.update(ENV)
+    session.install("twine", "check-wheel-contents")
+    dist = ROOT / "dist"
+    session.run("rm", "-rf", str(dist), external=True)
+    for package in PACKAGES:
+        session.run("uv", "build", "--package", package, "--out-dir", str(dist / package))
+        session.run("twine", "check", "--strict", *map(str, (dist / package).iterdir()))
+        session.run("check-wheel-contents", *map(str, (dist / package).glob("*.whl")))
+    wheel = next((dist / "biwkv4-kernel").glob("*.whl"))
+    session.run(
+        "python",
+        "-c",
+        "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); "
+        "missing = [s for s in ('.cu', '.cpp') if not any(n.endswith(s) for n in names)]; "
+        "sys.exit(f'wheel lacks CUDA sources: {missing}' if missing else 0)",
+        str(wheel),
+    )
+    # Each wheel alone in a fresh venv, with only its declared dependencies (siblings from dist/).
+    imports = {
+        "biwkv4-kernel": "biwkv4_kernel",
+        "rwkv-blocks": "rwkv_blocks",
+        "hpcm-models": "hpcm_models",
+    }
+    for package in PACKAGES:
+        venv = ROOT / ".nox" / "build-smoke" / package
+        session.run("uv", "venv", "--quiet", "--clear", "--python", sys.executable, str(venv))
+        python = str(venv / "bin" / "python")
+        links = [arg for p in PACKAGES for arg in ("--find-links", str(dist / p))]
+        session.run(
+            "uv",
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            python,
+            *links,
+            str(next((dist / package).glob("*.whl"))),
+        )
+        module = imports[package]
+        session.run(python, "-c", f"import {module}; print('{package}', {module}.__version__)")
+
+
+# (torch, how its CUDA toolchain is obtained). CUDA 13's compiler is on PyPI, split over several
+# wheels that must come from the same CUDA release (a newer cicc emits PTX an older ptxas rejects).
+# CUDA 12's PyPI wheels lack the nvcc driver, so that cell assembles Debian's CUDA 12.4 compiler
+# with PyPI headers (tools/cuda12_toolkit.py). No cell uses a system CUDA.
+def _cuda13_wheels(minor: str) -> str:
+    parts = ("nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl")
+    return " ".join(f"{p}==13.{minor}.*" for p in parts)
+
+
+CUDA_MATRIX = [
+    nox.param("2.11.0", _cuda13_wheels("0"), id="cu13.0-torch2.11"),
+    nox.param("2.15.0", _cuda13_wheels("2"), id="cu13.2-torch2.15"),
+    nox.param("2.8.0", "debian:cuda-12.4", id="cu12.8-torch2.8"),
+]
+
+
+def _path_without_nvcc() -> str:
+    """PATH minus every directory that holds an nvcc, so only the cell's toolchain can be found."""
+    return os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and not Path(d, "nvcc").exists()
+    )
+
+
+@nox.session(default=False)
+@nox.parametrize(("torch", "toolchain"), CUDA_MATRIX)
+def cuda_build(session: nox.Session, torch: str, toolchain: str) -> None:
+    """Compile the CUDA op for sm_80/sm_90 against one torch build and CUDA toolchain (no GPU)."""
+    session.env.update(ENV)
+    # nox passes its own environment through; a toolkit named there would defeat the point.
+    for var in ("CUDA_HOME", "CUDA_PATH", "BIWKV4_CUDA_HOME", "TORCH_CUDA_ARCH_LIST"):
+        os.environ.pop(var, None)
+    session.env["PATH"] = os.pathsep.join([str(Path(session.bin)), _path_without_nvcc()])
+    session.env["BIWKV4_BUILD_DIR"] = str(Path(session.create_tmp()) / "biwkv4-build")
+    # The op runs from source: torch 2.8 is older than the range the package declares (>= 2.11),
+    # and this session only checks that the sources compile against that build's headers.
+    session.env["PYTHONPATH"] = str(ROOT / "packages" / "biwkv4-kernel" / "src")
+    session.install(f"torch=={torch}", "ninja")
+    check = [str(ROOT / "tools" / "check_cuda_build.py")]
+    site = session.run(
+        "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", silent=True
+    )
+    site_packages = Path(str(site).strip().splitlines()[-1])
+
+    if toolchain.startswith("debian:"):
+        toolkit = ROOT / ".nox" / "_toolkits" / toolchain.split(":", 1)[1]
+        session.run(
+            sys.executable,
+            str(ROOT / "tools" / "cuda12_toolkit.py"),
+            str(toolkit),
+            "--site-packages",
+            str(site_packages),
+            external=True,
+        )
+        session.run(
+            "python",
+            *check,
+            "--expect-found-by",
+            "BIWKV4_CUDA_HOME",
+            env={"BIWKV4_CUDA_HOME": str(toolkit)},
+        )
+        # A CUDA 13 nvcc named explicitly for this CUDA 12 torch must be refused by the op itself.
+        session.install(*_cuda13_wheels("0").split())
+        session.run(
+            "python",
+            *check,
+            "--expect-mismatch",
+            env={"BIWKV4_CUDA_HOME": str(site_packages / "nvidia" / "cu13")},
+        )
+    else:
+        session.install(*toolchain.split())
+        session.run("python", *check, "--expect-found-by", "pip package")

@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # A run in which nothing passed (all skipped, or everything deselected) proves nothing: fail it.
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or exitstatus != 0:
+    if reporter is None or exitstatus != 0 or session.config.option.collectonly:
         return
     if not reporter.stats.get("passed"):
         reporter.write_line("error: no test passed in this run", red=True)

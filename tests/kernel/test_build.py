@@ -251,6 +251,15 @@ def test_build_directory_is_keyed_and_relocatable(tmp_path):
     assert default.parent == tmp_path / "xdg" / "biwkv4_kernel"
 
 
+def test_relative_build_directory_is_made_absolute(tmp_path, monkeypatch):
+    """ninja runs inside the build directory: a relative one would break the -L link flags."""
+    monkeypatch.chdir(tmp_path)
+    toolkit = _ext.CudaToolkit(tmp_path, tmp_path / "bin" / "nvcc", "13.0", "test")
+    built = build_directory(toolkit, "9.0", {"BIWKV4_BUILD_DIR": "relative/cache"})
+    assert built.is_absolute()
+    assert built.parent == tmp_path / "relative" / "cache"
+
+
 def test_disable_variable(monkeypatch):
     monkeypatch.setenv("BIWKV4_DISABLE_CUDA", "1")
     assert not _ext.cuda_kernel_available()

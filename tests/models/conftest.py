@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,27 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from hpcm_models.recipe import fill_recipe_weights
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def fill_parity_weights(model: nn.Module) -> nn.Module:
-    """Overwrite every parameter with the deterministic recipe of ``fixtures/README.md``."""
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-            shape = param.shape
-            if key.startswith("scales_hyper"):
-                value = 1 + 0.5 * torch.rand(shape, generator=g)
-            elif key.startswith("means_hyper"):
-                value = 0.1 * torch.randn(shape, generator=g)
-            elif key.startswith("adaptive_params_list"):
-                value = 1 + 0.1 * torch.randn(shape, generator=g)
-            elif len(shape) >= 2:
-                value = torch.randn(shape, generator=g) * 0.8 / math.sqrt(param.numel() / shape[0])
-            else:
-                value = 0.01 * torch.randn(shape, generator=g)
-            param.copy_(value)
-    return model
+# The recipe lives in the package (benchmarks and demos use it too); tests keep their name for it.
+fill_parity_weights = fill_recipe_weights
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ def _header(streams=STREAMS, **overrides) -> Header:
     fields = dict(
         model_id="hpcm-base",
         weights_hash=bytes(range(16)),
+        config_hash=bytes(range(32, 48)),
         width=65,
         height=63,
         mode=ImageMode.RGB,
@@ -107,7 +108,7 @@ def test_header_with_valid_crc_but_bad_fields_is_refused() -> None:
     """A forged header (CRC recomputed) with an unknown mode still cannot get through."""
     data = bytearray(_file())
     body_start = 14
-    mode_offset = body_start + 1 + len("hpcm-base") + 16 + 8
+    mode_offset = body_start + 1 + len("hpcm-base") + 16 + 16 + 8
     assert data[mode_offset] == ImageMode.RGB
     data[mode_offset] = 9
     header_len = int.from_bytes(data[10:14], "little")
@@ -120,6 +121,35 @@ def test_header_with_valid_crc_but_bad_fields_is_refused() -> None:
 def test_writer_refuses_mismatched_streams() -> None:
     with pytest.raises(ValueError, match="lengths"):
         write_container(_header(), [b"x"])
+    with pytest.raises(ValueError, match="CRCs"):
+        write_container(_header(), [b"\x00\x02\x03\x04", STREAMS[1][1]])
+    with pytest.raises(ValueError, match="model id"):
+        _header(model_id="é").pack()
+    with pytest.raises(ValueError, match="config_hash"):
+        _header(config_hash=b"short").pack()
+
+
+def test_repeated_stream_kinds_are_refused() -> None:
+    streams = [(StreamKind.Y, b"\x01\x02\x03\x04"), (StreamKind.Y, b"\x05\x06\x07\x08")]
+    with pytest.raises(CorruptBitstreamError, match="repeated stream kinds"):
+        read_container(_file(streams))
+
+
+def test_file_size_limit_is_checked_first() -> None:
+    data = _file()
+    with pytest.raises(LimitExceededError, match="bytes exceeds the limit"):
+        read_container(data, Limits(max_file_bytes=len(data) - 1))
+    assert read_container(data, Limits(max_file_bytes=len(data)))[0] == _header()
+
+
+def test_header_lookup_and_alpha_modes() -> None:
+    streams = [*STREAMS, (StreamKind.ESCAPES, bytes(8)), (StreamKind.ALPHA, b"a")]
+    header, data = read_container(_file(streams, mode=ImageMode.LA))
+    assert header.stream_index(StreamKind.ALPHA) == 3
+    assert header.stream_index(StreamKind.Z) == 0
+    assert _header().stream_index(StreamKind.ALPHA) is None
+    assert data[2] == bytes(8)
+    assert [m.has_alpha for m in ImageMode] == [False, False, True, True]
 
 
 @settings(max_examples=300, deadline=None)

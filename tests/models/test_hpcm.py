@@ -151,6 +151,17 @@ def test_forward_contract_and_batch_independence(tiny) -> None:
     assert tiny.aux_loss().item() == 0  # CompressAI training loops call it
 
 
+def test_channels_last_input_gives_the_same_result(tiny) -> None:
+    """Index arithmetic must not assume contiguous NCHW (channels-last is a common fast layout)."""
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        expected = tiny(x)
+        got = tiny(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got["x_hat"], expected["x_hat"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got["likelihoods"]["y"], expected["likelihoods"]["y"])
+
+
 def test_training_forward_uses_noise_and_trains_every_parameter(parity_weights) -> None:
     torch.manual_seed(0)
     model = tiny_model(parity_weights).train()

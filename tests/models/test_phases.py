@@ -565,8 +565,9 @@ def check_round_trip_on(device: torch.device, name: str, baseline_state) -> None
     assert torch.equal(encoded["y_hat"], decoded["y_hat"])
     torch.testing.assert_close(decoded["x_hat"], expected_x_hat, rtol=1e-5, atol=1e-5)
     # Float results differ across devices, so a latent near a rounding boundary may flip; the
-    # bulk of ŷ must agree.
-    flipped = (encoded["y_hat"].cpu() != on_cpu["y_hat"]).float().mean().item()
+    # bulk of ŷ must agree. ŷ = round(y - μ) + μ carries μ's round-off in every element, so a flip
+    # is a difference of about one quantization step, not any difference.
+    flipped = ((encoded["y_hat"].cpu() - on_cpu["y_hat"]).abs() > 0.5).float().mean().item()
     assert flipped < 0.01
 
 

@@ -305,7 +305,8 @@ def _arch_list(environ: Mapping[str, str]) -> str:
 
 def _cache_root(environ: Mapping[str, str]) -> Path:
     if environ.get(BUILD_DIR_ENV):
-        return Path(environ[BUILD_DIR_ENV]).expanduser()
+        # Absolute: ninja runs inside the build directory, so relative -L paths would break.
+        return Path(environ[BUILD_DIR_ENV]).expanduser().absolute()
     xdg = environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "biwkv4_kernel"
 

@@ -1,27 +1,93 @@
 """hpcm-models: HPCM learned image codecs and their RWKV context-model variants."""
 
+import warnings as _warnings
+
+with _warnings.catch_warnings():
+    # compressai 1.2.8 calls torch.jit.script at import time, which torch >= 2.14 deprecates;
+    # users cannot act on that warning, so it is not shown on every `hpcm` run.
+    _warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    import compressai as _compressai  # noqa: F401
+
+from .codec import (
+    ImageCodec,
+    compress_file,
+    decode_image,
+    decompress_file,
+    encode_image,
+    load_checkpoint,
+)
 from .entropy import GeneralizedGaussian, default_scale_table
-from .errors import CheckpointError, HPCMError, InputShapeError
+from .errors import (
+    BitstreamError,
+    CheckpointError,
+    CorruptBitstreamError,
+    DecodeMismatchError,
+    DeviceError,
+    EncodeError,
+    FileAccessError,
+    HPCMError,
+    ImageError,
+    InputShapeError,
+    LimitExceededError,
+    TruncatedBitstreamError,
+    UnsupportedFormatError,
+    WeightsMismatchError,
+)
 from .hpcm import HPCM, HPCM_BASE, HPCM_LARGE, CodingStep, HPCMBase, HPCMConfig, HPCMLarge
+from .phases import (
+    HPCMRWKV,
+    HPCMPhase1,
+    HPCMPhase2,
+    HPCMPhase3,
+    HPCMPhase4,
+    RWKVSpatialPrior,
+    WarmStart,
+    from_baseline,
+)
 from .registry import available_models, get_model, register_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HPCM",
+    "HPCMRWKV",
     "HPCM_BASE",
     "HPCM_LARGE",
+    "BitstreamError",
     "CheckpointError",
     "CodingStep",
+    "CorruptBitstreamError",
+    "DecodeMismatchError",
+    "DeviceError",
+    "EncodeError",
+    "FileAccessError",
     "GeneralizedGaussian",
     "HPCMBase",
     "HPCMConfig",
     "HPCMError",
     "HPCMLarge",
+    "HPCMPhase1",
+    "HPCMPhase2",
+    "HPCMPhase3",
+    "HPCMPhase4",
+    "ImageCodec",
+    "ImageError",
     "InputShapeError",
+    "LimitExceededError",
+    "RWKVSpatialPrior",
+    "TruncatedBitstreamError",
+    "UnsupportedFormatError",
+    "WarmStart",
+    "WeightsMismatchError",
     "__version__",
     "available_models",
+    "compress_file",
+    "decode_image",
+    "decompress_file",
     "default_scale_table",
+    "encode_image",
+    "from_baseline",
     "get_model",
+    "load_checkpoint",
     "register_model",
 ]

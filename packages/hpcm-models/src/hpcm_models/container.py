@@ -1,4 +1,4 @@
-"""The ``.hpcm`` container: a versioned, checksummed wrapper around the rANS streams.
+"""The ``.hpcm`` container: a versioned, checksummed wrapper around the coded streams.
 
 Layout (all integers little-endian; ``docs/format.md`` is the normative description)::
 
@@ -11,9 +11,10 @@ Layout (all integers little-endian; ``docs/format.md`` is the normative descript
     18+H     ...   the streams, concatenated in header order; nothing after them
 
 Everything is validated before anything proportional to a header field is allocated: the reader
-checks the magic, version and header length, then the header CRC, then every field against
-:class:`Limits`, then that the stream lengths add up to exactly the rest of the file, then each
-stream's CRC. Only then are the streams handed to the entropy decoder.
+checks the file size, the magic, version and header length, then the header CRC, then every
+field against :class:`Limits`, then that the stream lengths add up to exactly the rest of the
+file, then each stream's CRC. What the streams mean (and the checks that need a model) is the
+business of :mod:`hpcm_models.codec`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from .errors import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "HASH_BYTES",
     "MAGIC",
+    "MAX_HEADER_BYTES",
     "Header",
     "ImageMode",
     "Limits",
@@ -46,26 +49,31 @@ __all__ = [
 MAGIC = b"\x89HPCM\r\n\x1a"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 4096
+HASH_BYTES = 16
 _PREFIX = struct.Struct("<8sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
-HASH_BYTES = 16
 
 
 class ImageMode(enum.IntEnum):
     """How the original image is restored after decoding."""
 
     RGB = 0
-    L = 1  # grayscale: coded as RGB (three equal planes), restored as one plane
+    L = 1  # grayscale: coded as RGB (three equal planes), restored as the mean of the planes
     RGBA = 2  # RGB coded lossy, alpha stored losslessly in an ALPHA stream
     LA = 3  # grayscale + lossless alpha
 
+    @property
+    def has_alpha(self) -> bool:
+        return self in (ImageMode.RGBA, ImageMode.LA)
+
 
 class StreamKind(enum.IntEnum):
-    """What a stream holds. The model's streams keep the order the model produced them in."""
+    """What a stream holds. Each kind occurs at most once per file."""
 
-    Z = 0  # hyper-latent, rANS
-    Y = 1  # latent, rANS
-    ALPHA = 2  # zlib-compressed 8-bit alpha plane
+    Z = 0  # hyper-latent symbols, rANS
+    Y = 1  # latent symbols in coding order, rANS
+    ALPHA = 2  # zlib-compressed 8-bit alpha plane, rows top to bottom
+    ESCAPES = 3  # latent symbols outside their rANS table: (u32 position, i32 value) pairs
 
 
 @dataclass(frozen=True)
@@ -77,14 +85,30 @@ class Limits:
     max_latent_elements: int = 1 << 28
     max_streams: int = 16
     max_padding: int = 1024  # padded size minus original size, per side
+    max_file_bytes: int = 1 << 31
 
 
 @dataclass(frozen=True)
 class Header:
-    """Everything a decoder needs to know before it touches a stream."""
+    """Everything a decoder needs to know before it touches a stream.
+
+    Attributes:
+        model_id: registry name of the model (``hpcm_models.get_model``), 1..255 ASCII bytes.
+        weights_hash: hash of the learned weights (see :func:`hpcm_models.codec.weights_hash`).
+        config_hash: hash of the architecture and the rANS tables
+            (see :func:`hpcm_models.codec.config_hash`).
+        width, height: size of the original image.
+        mode: how to restore the original image mode.
+        padded_width, padded_height: size the model coded (edge-replicated to a multiple).
+        y_shape, z_shape: ``(C, H, W)`` of the latent and the hyper-latent.
+        latent_hash: hash of every integer latent symbol, in coding order; the decoder
+            recomputes it and refuses to return an image if it differs.
+        stream_kinds, stream_lengths, stream_crcs: one entry per stream, in file order.
+    """
 
     model_id: str
     weights_hash: bytes
+    config_hash: bytes
     width: int
     height: int
     mode: ImageMode
@@ -97,21 +121,27 @@ class Header:
     stream_lengths: tuple[int, ...]
     stream_crcs: tuple[int, ...]
 
-    _FIXED = struct.Struct("<16sIIBII3I3I16sH")
+    _FIXED = struct.Struct("<16s16sIIBII3I3I16sH")
     _STREAM = struct.Struct("<BII")
 
     def pack(self) -> bytes:
-        model = self.model_id.encode("ascii")
+        """The header body (without the prefix and the CRC)."""
+        try:
+            model = self.model_id.encode("ascii")
+        except UnicodeEncodeError:
+            model = b""
         if not 0 < len(model) < 256:
             raise ValueError(f"model id must be 1..255 ASCII bytes, got {self.model_id!r}")
-        if len(self.weights_hash) != HASH_BYTES or len(self.latent_hash) != HASH_BYTES:
-            raise ValueError(f"hashes must be {HASH_BYTES} bytes")
+        for name in ("weights_hash", "config_hash", "latent_hash"):
+            if len(getattr(self, name)) != HASH_BYTES:
+                raise ValueError(f"{name} must be {HASH_BYTES} bytes")
         n = len(self.stream_kinds)
         if not n == len(self.stream_lengths) == len(self.stream_crcs):
             raise ValueError("stream kinds, lengths and CRCs must have the same count")
         body = bytes([len(model)]) + model
         body += self._FIXED.pack(
             self.weights_hash,
+            self.config_hash,
             self.width,
             self.height,
             int(self.mode),
@@ -141,11 +171,13 @@ class Header:
             model_id = body[1:pos].decode("ascii")
         except UnicodeDecodeError as err:
             raise CorruptBitstreamError("model id is not ASCII") from err
+        if not model_id.isprintable():
+            raise CorruptBitstreamError("model id has non-printable characters")
         fields = cls._FIXED.unpack_from(body, pos)
         pos += cls._FIXED.size
-        weights_hash, width, height, mode, pw, ph = fields[:6]
-        y_shape, z_shape = tuple(fields[6:9]), tuple(fields[9:12])
-        latent_hash, n_streams = fields[12], fields[13]
+        weights_hash, config_hash, width, height, mode, pw, ph = fields[:7]
+        y_shape, z_shape = tuple(fields[7:10]), tuple(fields[10:13])
+        latent_hash, n_streams = fields[13], fields[14]
         if not 0 < n_streams <= limits.max_streams:
             raise LimitExceededError(f"{n_streams} streams; expected 1..{limits.max_streams}")
         if len(body) != pos + n_streams * cls._STREAM.size:
@@ -161,6 +193,8 @@ class Header:
                 raise CorruptBitstreamError(f"unknown stream kind {kind}") from err
             lengths.append(length)
             crcs.append(crc)
+        if len(set(kinds)) != len(kinds):
+            raise CorruptBitstreamError(f"repeated stream kinds {[k.name for k in kinds]}")
         try:
             image_mode = ImageMode(mode)
         except ValueError as err:
@@ -169,6 +203,7 @@ class Header:
         header = cls(
             model_id=model_id,
             weights_hash=weights_hash,
+            config_hash=config_hash,
             width=width,
             height=height,
             mode=image_mode,
@@ -204,7 +239,25 @@ class Header:
             if any(d <= 0 for d in shape):
                 raise CorruptBitstreamError(f"{name} latent shape {shape} has empty dimensions")
             if shape[0] * shape[1] * shape[2] > limits.max_latent_elements:
-                raise LimitExceededError(f"{name} latent shape {shape} exceeds the limit")
+                raise LimitExceededError(
+                    f"{name} latent shape {shape} exceeds the limit of "
+                    f"{limits.max_latent_elements} elements"
+                )
+
+    def stream_index(self, kind: StreamKind) -> int | None:
+        """Position of the stream of ``kind`` in the file, or None if the file has none."""
+        return self.stream_kinds.index(kind) if kind in self.stream_kinds else None
+
+
+def make_header_streams(
+    streams: Sequence[tuple[StreamKind, bytes]],
+) -> tuple[tuple[StreamKind, ...], tuple[int, ...], tuple[int, ...]]:
+    """Kinds, lengths and CRC32s of ``streams``, for building a :class:`Header`."""
+    return (
+        tuple(kind for kind, _ in streams),
+        tuple(len(data) for _, data in streams),
+        tuple(zlib.crc32(data) for _, data in streams),
+    )
 
 
 def write_container(header: Header, streams: Sequence[bytes]) -> bytes:
@@ -220,17 +273,6 @@ def write_container(header: Header, streams: Sequence[bytes]) -> bytes:
     return head + _CRC.pack(zlib.crc32(head)) + b"".join(streams)
 
 
-def make_header_streams(
-    streams: Sequence[tuple[StreamKind, bytes]],
-) -> tuple[tuple[StreamKind, ...], tuple[int, ...], tuple[int, ...]]:
-    """Kinds, lengths and CRC32s of ``streams``, for building a :class:`Header`."""
-    return (
-        tuple(kind for kind, _ in streams),
-        tuple(len(data) for _, data in streams),
-        tuple(zlib.crc32(data) for _, data in streams),
-    )
-
-
 def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, list[bytes]]:
     """Validate a whole file and split it into its header and streams.
 
@@ -238,9 +280,13 @@ def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, l
         UnsupportedFormatError: not an hpcm file, or an unknown format version.
         TruncatedBitstreamError: the file ends early.
         CorruptBitstreamError: a checksum fails, a field is inconsistent, or bytes trail.
-        LimitExceededError: the header asks for more than ``limits`` allow.
+        LimitExceededError: the file or its header asks for more than ``limits`` allow.
     """
     limits = limits or Limits()
+    if len(data) > limits.max_file_bytes:
+        raise LimitExceededError(
+            f"file of {len(data)} bytes exceeds the limit of {limits.max_file_bytes} bytes"
+        )
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         if MAGIC.startswith(data[: len(MAGIC)]) and len(data) < len(MAGIC):
             raise TruncatedBitstreamError(f"file of {len(data)} bytes ends inside the magic")

@@ -7,6 +7,9 @@ __all__ = [
     "CheckpointError",
     "CorruptBitstreamError",
     "DecodeMismatchError",
+    "DeviceError",
+    "EncodeError",
+    "FileAccessError",
     "HPCMError",
     "ImageError",
     "InputShapeError",
@@ -30,7 +33,21 @@ class InputShapeError(HPCMError, ValueError):
 
 
 class ImageError(HPCMError):
-    """An input image cannot be read or has a mode/bit depth the codec does not handle."""
+    """An input image cannot be read or has a mode/bit depth the codec does not handle, or an
+    output image cannot be written in the requested format."""
+
+
+class FileAccessError(HPCMError, OSError):
+    """An input file cannot be read or an output file cannot be written (missing, permissions)."""
+
+
+class DeviceError(HPCMError, ValueError):
+    """A requested device is unknown or not available (e.g. ``cuda`` without a GPU)."""
+
+
+class EncodeError(HPCMError):
+    """The model produced latents that cannot be coded (non-finite or beyond 32-bit integers):
+    its weights or the input are broken."""
 
 
 class BitstreamError(HPCMError):

@@ -17,7 +17,15 @@ from hpcm_models.errors import HPCMError
 __all__ = ["build_parser", "main"]
 
 # Module names under hpcm_models.cli, in the order `hpcm --help` lists them.
-_SUBCOMMANDS: tuple[str, ...] = ()
+_SUBCOMMANDS: tuple[str, ...] = (
+    "demo",
+    "compress",
+    "decompress",
+    "train",
+    "eval",
+    "bd_rate",
+    "bench",
+)
 
 
 def _version_report() -> str:

@@ -188,7 +188,7 @@ def place(v: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of :func:`select`: ``[B, C/k, h, w] -> [B, C, h, w]``, zeros off the step."""
     B, c, h, w = v.shape
     index = groups.view(1, 1, 1, h, w).expand(B, 1, c, h, w)
-    return v.new_zeros(B, k, c, h, w).scatter(1, index, v.unsqueeze(1)).view(B, k * c, h, w)
+    return v.new_zeros(B, k, c, h, w).scatter(1, index, v.unsqueeze(1)).reshape(B, k * c, h, w)
 
 
 @functools.lru_cache(maxsize=16)
@@ -225,7 +225,7 @@ def s2_hyper(params: torch.Tensor) -> torch.Tensor:
     index = index.to(params.device).view(1, 8, 1, -1).expand(B, 8, C // 8, -1)
     out = params.reshape(B, 8, C // 8, H * W).gather(3, index)
     out = torch.where(valid.to(params.device).view(1, 8, 1, -1), out, 0.0)
-    return out.view(B, C, H // 2, W // 2)
+    return out.reshape(B, C, H // 2, W // 2)
 
 
 def s3_hyper(params: torch.Tensor) -> torch.Tensor:
@@ -237,4 +237,4 @@ def s3_hyper(params: torch.Tensor) -> torch.Tensor:
     phases = torch.tensor(S2_PHASES, device=params.device)
     coded = (rows % 2 == phases[:, 0, None, None]) & (cols % 2 == phases[:, 1, None, None])
     coded = coded.view(1, 8, 1, H, W)
-    return torch.where(coded, 0.0, params.reshape(B, 8, C // 8, H, W)).view(B, C, H, W)
+    return torch.where(coded, 0.0, params.reshape(B, 8, C // 8, H, W)).reshape(B, C, H, W)

@@ -1,0 +1,220 @@
+"""Encode and decode time of a 768x512 photo with the ``.hpcm`` codec (inference + entropy coding).
+
+The photo is the bundled ``coffee.png`` (384x256, CC0) upscaled 2x with Lanczos to 768x512, the
+size of a Kodak image. The model is HPCM-Base (M=320, N=256) with the deterministic weight recipe
+of ``tests/models/fixtures/README.md`` (not trained weights: the timing depends on the number of
+latents, not on what they are; pass ``--checkpoint`` to time real weights).
+
+Rows, all measured in the same run on the same image:
+
+* ``codec encode`` / ``codec decode``: :meth:`ImageCodec.encode` / :meth:`ImageCodec.decode`,
+  everything a user waits for: image conversion, padding, the network, rANS, hashes, container
+  (and on decode its validation and the latent-hash check).
+* ``model.compress`` / ``model.decompress``: the model's own CompressAI-style coding of the
+  padded tensor (no container, no hashes): the baseline the codec adds its safety to.
+* ``forward``: one eval forward pass without entropy coding (all of g_a, h_a, h_s, the 11-step
+  context model and g_s).
+
+Times are medians over ``--repeat`` runs after ``--warmup`` runs; CUDA runs are synchronized.
+Target (issue 7) on an H200: <= 40 ms each for encode and decode; the HPCM paper reports
+81.8 / 81.3 ms.
+
+    python benchmarks/bench_codec.py                          # CUDA if there is a GPU
+    python benchmarks/bench_codec.py --device cpu --repeat 2 --json bench_codec.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import hpcm_models
+from hpcm_models import get_model
+from hpcm_models.codec import ImageCodec, deterministic_coding, load_checkpoint
+from hpcm_models.recipe import fill_recipe_weights
+
+TARGET_MS = 40.0
+PAPER_MS = {"encode": 81.8, "decode": 81.3}
+
+
+def bench_image(width: int, height: int) -> Image.Image:
+    with Image.open(files("hpcm_models") / "data" / "coffee.png") as image:
+        return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    import compressai
+
+    import biwkv4_kernel
+    import rwkv_blocks
+
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "compressai": compressai.__version__,
+        "hpcm_models": hpcm_models.__version__,
+        "rwkv_blocks": rwkv_blocks.__version__,
+        "biwkv4_kernel": biwkv4_kernel.__version__,
+        "device": str(device),
+        "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int) -> dict[str, Any]:
+    """Median/min wall time (ms) of ``fn()``, and the peak CUDA memory of one call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    row: dict[str, Any] = {"median_ms": statistics.median(times), "min_ms": min(times)}
+    row["times_ms"] = times
+    if device.type == "cuda":
+        row["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="hpcm-base")
+    parser.add_argument("--checkpoint", help="real weights instead of the recipe")
+    parser.add_argument("--size", type=int, nargs=2, default=(768, 512), metavar=("W", "H"))
+    parser.add_argument("--warmup", type=int, default=None, help="default: 3 on CUDA, 1 on CPU")
+    parser.add_argument("--repeat", type=int, default=None, help="default: 10 on CUDA, 3 on CPU")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+
+    if args.device.startswith("cuda"):
+        # Must be set before the first cuBLAS call for deterministic mode (the CLI does the same).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda, but torch sees no CUDA GPU")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = device.type == "cuda"
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    repeat = args.repeat if args.repeat is not None else (10 if cuda else 3)
+
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint, args.model, device=device)
+        weights = f"checkpoint {args.checkpoint}"
+    else:
+        model = fill_recipe_weights(get_model(args.model)).eval()
+        model.update()
+        model = model.to(device)
+        weights = "deterministic recipe (tests/models/fixtures/README.md), not trained"
+    codec = ImageCodec(model, args.model)
+    width, height = args.size
+    image = bench_image(width, height)
+
+    x = torch.from_numpy(np.array(np.asarray(image).transpose(2, 0, 1), order="C"))[None]
+    x = x.to(device, torch.float32) / 255
+    x = F.pad(x, (0, -width % 128, 0, -height % 128), mode="replicate").contiguous()
+    data = codec.encode(image)
+    encoded = model.compress(x)
+
+    def forward() -> None:
+        with deterministic_coding(device), torch.no_grad():
+            model(x, training=False)
+
+    def compress() -> None:
+        with deterministic_coding(device):
+            model.compress(x)
+
+    def decompress() -> None:
+        with deterministic_coding(device):
+            model.decompress(encoded["strings"], encoded["shape"])
+
+    rows = {
+        "codec encode": timed(lambda: codec.encode(image), device, warmup, repeat),
+        "codec decode": timed(lambda: codec.decode(data), device, warmup, repeat),
+        "model.compress": timed(compress, device, warmup, repeat),
+        "model.decompress": timed(decompress, device, warmup, repeat),
+        "forward": timed(forward, device, warmup, repeat),
+    }
+    decoded = codec.decode_detailed(data)
+    rgb = np.asarray(image).astype(np.float64)
+    mse = float(np.mean((np.asarray(decoded.image).astype(np.float64) - rgb) ** 2))
+    result = {
+        "benchmark": "bench_codec",
+        "machine": machine(device),
+        "model": args.model,
+        "weights": weights,
+        "image": f"coffee.png upscaled to {width}x{height} (Lanczos)",
+        "bytes": len(data),
+        "bpp": 8 * len(data) / (width * height),
+        "model_stream_bytes": sum(len(s[0]) for s in encoded["strings"]),
+        "psnr_db": 10 * math.log10(255**2 / mse) if mse else math.inf,
+        "warmup": warmup,
+        "repeat": repeat,
+        "target_ms": TARGET_MS,
+        "paper_ms": PAPER_MS,
+        "rows": rows,
+    }
+
+    m = result["machine"]
+    where = m.get("gpu") or f"{m['processor']}, {m['torch_threads']} threads"
+    print(f"bench_codec: {args.model} ({weights}), {result['image']}")
+    print(
+        f"{where}; torch {m['torch']}, compressai {m['compressai']}, hpcm-models {m['hpcm_models']}"
+    )
+    print(f"file: {len(data)} bytes, {result['bpp']:.4f} bpp ({result['model_stream_bytes']} bytes "
+          f"of model streams); median of {repeat} after {warmup} warm-up\n")  # fmt: skip
+    baseline = {"codec encode": "model.compress", "codec decode": "model.decompress"}
+    print(
+        f"| {'step':<16} | {'median ms':>9} | {'min ms':>8} | {'vs model':>8} | {'vs target':>9} |"
+    )
+    print(f"|{'-' * 18}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 11}|")
+    for name, row in rows.items():
+        ratio = row["median_ms"] / rows[baseline[name]]["median_ms"] if name in baseline else None
+        target = row["median_ms"] / TARGET_MS if name in baseline else None
+        print(
+            f"| {name:<16} | {row['median_ms']:>9.1f} | {row['min_ms']:>8.1f} | "
+            f"{f'{ratio:.2f}x' if ratio else '':>8} | {f'{target:.2f}x' if target else '':>9} |"
+        )
+    print(f"\ntarget: <= {TARGET_MS:.0f} ms each on an H200 (HPCM paper: "
+          f"{PAPER_MS['encode']} / {PAPER_MS['decode']} ms)")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``hpcm decompress``: a ``.hpcm`` file → an image file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hpcm_models.cli.compress import add_weight_options, prepare_device, random_weights
+
+HELP = "decompress a .hpcm file into an image (PNG recommended)"
+
+EPILOG = """\
+examples:
+  hpcm decompress kodim01.hpcm kodim01.png --checkpoint HPCM_Base_0.0018.pth.tar
+  hpcm decompress photo.hpcm photo.png --checkpoint runs/base-0.013/best.pt --device cuda
+
+The model name and size come from the file; the checkpoint must be the one it was compressed
+with (its weights hash is checked). Output formats: .png .bmp .tif .tiff .ppm .pgm .pnm .webp
+(lossless); lossy formats such as .jpg are refused. Damaged files, other weights and decoder
+desynchronization are reported as errors; no image is written then.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "decompress",
+        help=HELP,
+        description="Decompress a .hpcm file into an image.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, metavar="IN", help=".hpcm file")
+    p.add_argument("output", type=Path, metavar="OUT", help="image file to write")
+    add_weight_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpcm_models.codec import decompress_file, load_checkpoint
+
+    device = prepare_device(args.device)
+
+    def build(header: Any) -> Any:
+        if args.random_weights:
+            kwargs = {"M": header.y_shape[0], "N": header.z_shape[0], **args.model_kwargs}
+            return random_weights(header.model_id, args.seed, device, kwargs)
+        return load_checkpoint(
+            args.checkpoint,
+            header.model_id,
+            device=device,
+            model_kwargs=args.model_kwargs or None,
+        )
+
+    report = decompress_file(args.input, args.output, build)
+    print(report.summary())
+    return 0

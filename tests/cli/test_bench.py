@@ -1,0 +1,94 @@
+"""`hpcm bench`: FLOP counting (with the Bi-WKV op's analytic count) and a CPU smoke run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hpcm_models.benchmark import (
+    BIWKV4_FORWARD_FLOPS_PER_ELEMENT,
+    CELL_SIZES,
+    biwkv4_flops,
+    count_flops,
+    parse_size,
+)
+from hpcm_models.cli import main
+from hpcm_models.training import build_model
+from rwkv_blocks import RWKVContextCell
+
+TINY_KWARGS = {"M": 32, "N": 16, "config": {"transform_channels": [16, 32, 64]}}
+
+
+def test_counter_sees_matmuls_and_the_analytic_op_count() -> None:
+    linear = nn.Linear(8, 5, bias=False)
+    x = torch.randn(3, 8)
+    assert count_flops(lambda: linear(x)) == (2 * 3 * 8 * 5, 0)
+
+    cell = RWKVContextCell(16, hidden_rate=2)
+    x_t, h_prev = torch.randn(2, 16, 4, 6), torch.randn(2, 16, 4, 6)
+    counted, wkv = count_flops(lambda: cell(x_t, h_prev))
+    assert wkv == BIWKV4_FORWARD_FLOPS_PER_ELEMENT * 2 * 24 * 16 == biwkv4_flops(2, 24, 16)
+    # The 1x1 convolutions and linear layers alone: in (2C->C), k/v/r/out (4 x C->C), channel mix
+    # (C->2C, 2C->C, C->C), out (C->C); OmniShift's depthwise convolutions come on top.
+    tokens, C = 2 * 24, 16
+    dense = 2 * tokens * (2 * C * C + 4 * C * C + (2 * C * C + 2 * C * C + C * C) + C * C)
+    assert dense < counted < dense + 2 * 2 * tokens * C * 25 + 1
+
+    counted_bwd, wkv_bwd = count_flops(lambda: cell(x_t, h_prev).sum().backward())
+    assert wkv_bwd == biwkv4_flops(2, 24, 16) + biwkv4_flops(2, 24, 16, backward=True)
+    assert counted_bwd > 2 * counted
+
+
+def test_cell_sizes_are_the_padded_latents() -> None:
+    assert CELL_SIZES == {"kodak": (32, 48), "1080p": (72, 120), "4k": (136, 240)}
+    assert parse_size("768x512") == (768, 512)
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        parse_size("768")
+
+
+def test_bench_smoke_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    args = [
+        "bench", "--device", "cpu", "--models", "hpcm-base", "hpcm-phase1",
+        "--model-kwargs", json.dumps(TINY_KWARGS), "--size", "128x128", "--train-size", "128x128",
+        "--repeat", "1", "--warmup", "0", "--cell-dim", "32", "--cell-sizes", "kodak",
+        "--json", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "| hpcm-phase1 |" in text
+    assert "| kodak (32×48) | RWKVContextCell |" in text
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["torch"] == torch.__version__
+    assert doc["machine"]["device"] == "cpu"
+    base, phase1 = doc["models"]
+    for row, name in ((base, "hpcm-base"), (phase1, "hpcm-phase1")):
+        assert row["model"] == name
+        assert row["params"] == sum(p.numel() for p in build_model(name, TINY_KWARGS).parameters())
+        assert row["flops_counted"] > 0
+        assert row["eval_ms"] > 0
+        assert row["train_step_ms"] > 0
+        assert row["flops"] == row["flops_counted"] + row["flops_biwkv4"]
+        assert row["eval_peak_mib"] is None  # CUDA only
+        assert row["train_batch"] == 1
+        assert row["train_size"] == [128, 128]
+    assert base["flops_biwkv4"] == 0
+    # Phase 1's s3 cell (2M = 64 channels on the 8x8 latent) runs the op 5 times per image.
+    assert phase1["flops_biwkv4"] == 5 * biwkv4_flops(1, 8 * 8, 64)
+    cross, rwkv = doc["cells"]
+    assert (cross["cell"], rwkv["cell"]) == ("CrossAttentionCell", "RWKVContextCell")
+    assert cross["latent"] == rwkv["latent"] == [32, 48]
+    assert cross["flops_biwkv4"] == 0
+    assert rwkv["flops_biwkv4"] == biwkv4_flops(1, 32 * 48, 32)
+    assert rwkv["fwd_ms"] > 0
+    assert rwkv["fwd_bwd_ms"] > 0
+
+
+def test_bench_rejects_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--device", "cpu", "--size", "100x128", "--no-cells"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "hpcm bench: error: expected --size to be multiples of 128, got 100x128"

@@ -1,0 +1,77 @@
+"""`hpcm demo`: the README's main command, in its quick mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcm_models.cli import main
+from hpcm_models.demo import (
+    DEMO_IMAGES,
+    DEMO_MODELS,
+    QUICK_MODEL_KWARGS,
+    bundled_image,
+    find_checkpoint,
+)
+
+
+def test_quick_demo_round_trips_every_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo.json"
+    # One photo keeps the test short; the default is both (DEMO_IMAGES), gray included.
+    image = str(bundled_image("rocket.png"))
+    assert main(["demo", "--quick", "--images", image, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "WEIGHTS ARE RANDOM" in text
+    assert "(rocket.png 171x256 RGB)" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == list(DEMO_MODELS)
+    for row in rows:
+        assert f"| {row['model']} | random |" in text
+        assert row["bit_exact"] is True
+        assert row["bpp"] > 0
+        assert row["bpp_file"] > row["bpp"]
+        assert 3 < row["psnr"] < 60
+        assert row["encode_ms"] > 0
+        assert row["decode_ms"] > 0
+        assert [i["image"] for i in row["images"]] == ["rocket.png"]
+    assert text.count("| yes |") == len(DEMO_MODELS)
+    # Every phase adds parameters to the one before (more of the context model is RWKV).
+    params = [r["params"] for r in rows[2:]]
+    assert params == sorted(params)
+    assert len(set(params)) == 4
+
+
+def test_demo_uses_trained_checkpoints_when_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hpcm_models.codec import random_model
+
+    model = random_model("hpcm-base", seed=5, **QUICK_MODEL_KWARGS)
+    (tmp_path / "hpcm-base").mkdir()
+    checkpoint = {
+        "model": model.state_dict(),
+        "model_name": "hpcm-base",
+        "model_kwargs": QUICK_MODEL_KWARGS,
+    }
+    torch.save(checkpoint, tmp_path / "hpcm-base" / "best.pt")
+    assert find_checkpoint(tmp_path, "hpcm-base") == tmp_path / "hpcm-base" / "best.pt"
+    assert find_checkpoint(tmp_path, "hpcm-large") is None
+    image = str(bundled_image("camera.png"))
+    args = ["demo", "--models", "hpcm-base", "--checkpoint-dir", str(tmp_path), "--images", image]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "WEIGHTS ARE RANDOM" not in text
+    assert f"| hpcm-base | {tmp_path / 'hpcm-base' / 'best.pt'} |" in text
+
+
+def test_demo_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--quick", "--checkpoint-dir", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.strip().endswith("is not a directory")
+    assert main(["demo", "--quick", "--images", str(tmp_path / "none.png")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert all(bundled_image(name).is_file() for name in DEMO_IMAGES)

@@ -1,0 +1,96 @@
+"""The tools on a GPU: training (bf16, resume, 2-GPU DDP), bench memory, the demo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hpcm_models
+from hpcm_models.cli import main
+from hpcm_models.training import load_training_checkpoint
+
+pytestmark = pytest.mark.cuda
+
+DATA = Path(hpcm_models.__file__).parent / "data"
+TINY_KWARGS = {"M": 32, "N": 16, "config": {"transform_channels": [16, 32, 64]}}
+
+
+def _train_args(output: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "train", "--model", "hpcm-phase2", "--model-kwargs", json.dumps(TINY_KWARGS),
+        "--dataset", str(DATA), "--val-dataset", str(DATA), "--max-val-images", "2",
+        "--val-every", "2", "--output", str(output), "--steps", str(steps), "--patch-size", "128",
+        "--batch-size", "2", "--num-workers", "0", "--log-every", "1", "--no-progress",
+        "--device", "cuda", *extra,
+    ]  # fmt: skip
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_bf16_and_resume_on_cuda(tmp_path: Path) -> None:
+    output = tmp_path / "run"
+    assert main(_train_args(output, 2, "--amp", "bf16")) == 0
+    assert main([*_train_args(output, 3, "--amp", "bf16"), "--resume"]) == 0
+    rows = _rows(output / "train_log.csv")
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    ckpt = load_training_checkpoint(output / "latest.pt")
+    assert ckpt["step"] == 3
+    assert ckpt["args"]["device"] == "cuda"
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values())  # loaded to CPU
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_torchrun_ddp_on_two_gpus(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(DATA, images, ignore=shutil.ignore_patterns("*.json", "*.md"))
+    output = tmp_path / "run"
+    args = _train_args(output, 4, "--no-tensorboard")
+    args[args.index("--dataset") + 1] = str(images)
+    args[args.index("--batch-size") + 1] = "1"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "hpcm_models.cli", *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((output / "config.json").read_text())["world_size"] == 2
+    assert [r["step"] for r in _rows(output / "train_log.csv")] == ["1", "2", "3", "4"]
+    assert load_training_checkpoint(output / "latest.pt")["step"] == 4
+
+
+def test_bench_reports_cuda_memory(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = [
+        "bench", "--device", "cuda", "--models", "hpcm-phase1", "--model-kwargs",
+        json.dumps(TINY_KWARGS), "--size", "256x256", "--train-size", "128x128",
+        "--train-batch", "2", "--repeat", "2", "--cell-dim", "64", "--cell-sizes", "kodak",
+        "--json", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["gpu"]
+    (row,) = doc["models"]
+    assert row["eval_peak_mib"] > 0
+    assert row["train_peak_mib"] > row["eval_peak_mib"]
+    assert all(c["fwd_peak_mib"] > 0 for c in doc["cells"])
+
+
+def test_quick_demo_on_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--quick", "--device", "cuda", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert all(r["bit_exact"] for r in rows)
+    assert "device cuda" in capsys.readouterr().out

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything that needs the GPU, in one pass, for the device machine (H200: torch 2.11, Python 3.12,
+# no network). Carries its Python dependencies as wheels in the git-ignored .whl/ folder:
+#   .whl/site/  compressai 1.2.8 and pytorch-msssim unpacked for Python 3.12
+#   .whl/nox/   nox and its dependencies (for `nox -s gpu`)
+# Usage (device tool, carry [".whl"]): bash tools/gpu_validate.sh [OUTDIR]
+# Each step has its own time limit so that a slow step cannot starve the later ones; logs and JSON
+# go to OUTDIR (default $OUT, else gpu-results/).
+set -uo pipefail
+out=${1:-${OUT:-gpu-results}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/nox-site .whl/nox/*.whl
+export PYTHONPATH="/tmp/nox-site:$PWD/.whl/site:$PWD/packages/biwkv4-kernel/src:$PWD/packages/rwkv-blocks/src:$PWD/packages/hpcm-models/src"
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc in $((SECONDS - start)) s" | tee -a "$out/summary.txt"
+    tail -n 25 "$out/$name.log"
+}
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv >"$out/gpu.txt" 2>&1
+step build 120 python3 -c "import biwkv4_kernel as b, time; t=time.time(); print(b.cuda_kernel_available(), b.cuda_kernel_status(), f'{time.time()-t:.1f} s')"
+step gpu_tests "${GPU_TESTS_LIMIT:-170}" python3 -m nox -s gpu -- -q -rfE --durations=15 -p no:cacheprovider
+step bench_codec 60 python3 benchmarks/bench_codec.py --device cuda --json "$out/bench_codec.json"
+step bench_models "${BENCH_LIMIT:-150}" python3 -m hpcm_models.cli bench --device cuda --repeat 5 --warmup 2 --json "$out/bench_models.json"
+cat "$out/summary.txt"
