@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from biwkv4_kernel import biwkv4, naive_biwkv4, naive_biwkv4_rows
@@ -54,8 +54,13 @@ def value_and_grads(
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Max-norm error relative to the largest expected magnitude."""
-    scale = expected.abs().max().clamp_min(1e-30)
+    """Max-norm error relative to the largest expected magnitude.
+
+    The inputs (v, gy) are O(1), so every output and gradient has a natural scale of about 1; one
+    whose largest entry is below 1e-6 is cancellation noise (e.g. gk when the softmax saturates at
+    |k| = 20), and is compared relative to that floor instead of to its own noise.
+    """
+    scale = expected.abs().max().clamp_min(1e-6)
     return ((actual.double() - expected.double()).abs().max() / scale).item()
 
 
@@ -256,6 +261,8 @@ W_CHOICES = st.sampled_from(["1/T", "0", "0.2", "-0.2", "3"])
     k_scale=st.sampled_from([1.0, 20.0]),
     seed=st.integers(0, 2**16),
 )
+# Found by CI: a saturated softmax makes gk pure cancellation noise (~1e-17 in both).
+@example(B=1, T=2, C=1, w_kind="0", k_scale=20.0, seed=0)
 def test_random_shapes_match_reference(
     B: int, T: int, C: int, w_kind: str, k_scale: float, seed: int
 ) -> None:
