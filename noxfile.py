@@ -152,7 +152,8 @@ def build(session: nox.Session) -> None:
     session.run("rm", "-rf", str(dist), external=True)
     for package in PACKAGES:
         session.run("uv", "build", "--package", package, "--out-dir", str(dist / package))
-        session.run("twine", "check", "--strict", *map(str, (dist / package).iterdir()))
+        built = [*(dist / package).glob("*.whl"), *(dist / package).glob("*.tar.gz")]
+        session.run("twine", "check", "--strict", *map(str, built))
         session.run("check-wheel-contents", *map(str, (dist / package).glob("*.whl")))
     wheel = next((dist / "biwkv4-kernel").glob("*.whl"))
     session.run(
@@ -163,29 +164,23 @@ def build(session: nox.Session) -> None:
         "sys.exit(f'wheel lacks CUDA sources: {missing}' if missing else 0)",
         str(wheel),
     )
-    # Each wheel alone in a fresh venv, with only its declared dependencies (siblings from dist/).
-    imports = {
-        "biwkv4-kernel": "biwkv4_kernel",
-        "rwkv-blocks": "rwkv_blocks",
-        "hpcm-models": "hpcm_models",
+    # Each wheel alone in a fresh venv, with only its declared dependencies (siblings from dist/),
+    # then a smoke use of what it provides.
+    smoke = {
+        "biwkv4-kernel": "import torch, biwkv4_kernel as b; k = torch.randn(1, 5, 4); "
+        "print('biwkv4-kernel', b.__version__, b.biwkv4(k[0, 0], k[0, 1], k, k).shape)",
+        "rwkv-blocks": "import torch, rwkv_blocks as r; "
+        "print('rwkv-blocks', r.__version__, r.BiRWKVBlock(8)(torch.randn(1, 8, 3, 5)).shape)",
+        "hpcm-models": "import hpcm_models.cli as c; c.main(['--version'])",
     }
+    links = [arg for p in PACKAGES for arg in ("--find-links", str(dist / p))]
     for package in PACKAGES:
         venv = ROOT / ".nox" / "build-smoke" / package
         session.run("uv", "venv", "--quiet", "--clear", "--python", sys.executable, str(venv))
         python = str(venv / "bin" / "python")
-        links = [arg for p in PACKAGES for arg in ("--find-links", str(dist / p))]
-        session.run(
-            "uv",
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            python,
-            *links,
-            str(next((dist / package).glob("*.whl"))),
-        )
-        module = imports[package]
-        session.run(python, "-c", f"import {module}; print('{package}', {module}.__version__)")
+        wheel = str(next((dist / package).glob("*.whl")))
+        session.run("uv", "pip", "install", "--quiet", "--python", python, *links, wheel)
+        session.run(python, "-c", smoke[package], external=True)
 
 
 # (torch, how its CUDA toolchain is obtained). CUDA 13's compiler is on PyPI, split over several
