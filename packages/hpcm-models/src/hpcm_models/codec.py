@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import torch
@@ -1177,8 +1177,8 @@ def _read_bytes(path: Path, limit: int) -> bytes:
 
 
 @dataclass(frozen=True)
-class CompressReport:
-    """What :func:`compress_file` did. ``bpp`` counts the whole file; ``seconds`` the coding."""
+class _CodingReport:
+    """What a file-level coding call did. ``bpp`` counts the whole file; ``seconds`` the coding."""
 
     source: Path
     target: Path
@@ -1191,35 +1191,26 @@ class CompressReport:
     model_id: str
     device: str
 
-    def summary(self) -> str:
-        return (
-            f"{self.source} -> {self.target}: {self.width}x{self.height} {self.mode}, "
-            f"{self.num_bytes} bytes, {self.bpp:.4f} bpp ({self.model_id} on {self.device}, "
-            f"encode {self.seconds:.2f} s)"
-        )
-
-
-@dataclass(frozen=True)
-class DecompressReport:
-    """What :func:`decompress_file` did. ``bpp`` counts the whole file; ``seconds`` the coding."""
-
-    source: Path
-    target: Path
-    width: int
-    height: int
-    mode: str
-    num_bytes: int
-    bpp: float
-    seconds: float
-    model_id: str
-    device: str
+    _verb: ClassVar[str] = "code"
 
     def summary(self) -> str:
         return (
             f"{self.source} -> {self.target}: {self.width}x{self.height} {self.mode}, "
             f"{self.num_bytes} bytes, {self.bpp:.4f} bpp ({self.model_id} on {self.device}, "
-            f"decode {self.seconds:.2f} s)"
+            f"{self._verb} {self.seconds:.2f} s)"
         )
+
+
+class CompressReport(_CodingReport):
+    """What :func:`compress_file` did. ``bpp`` counts the whole file; ``seconds`` the encoding."""
+
+    _verb = "encode"
+
+
+class DecompressReport(_CodingReport):
+    """What :func:`decompress_file` did. ``bpp`` counts the whole file; ``seconds`` the decoding."""
+
+    _verb = "decode"
 
 
 def compress_file(
