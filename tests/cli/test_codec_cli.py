@@ -3,6 +3,7 @@ output (and no temporary file) whenever a command fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,25 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+from hpcm_models import HPCM_MICRO
 from hpcm_models.cli import main
 from hpcm_models.codec import ImageCodec, load_checkpoint, random_model
+from hpcm_models.training import model_kwargs_to_json
 
-MICRO = {
-    "M": 16,
-    "N": 8,
-    "config": {
-        "transform_channels": [8, 8, 16],
-        "g_a_depths": [1, 1, 1],
-        "g_s_depths": [1, 1, 1],
-        "h_a_depths": [1, 1],
-        "h_s_depths": [1, 1],
-        "prior_s1_s2_depths": [1, 1],
-        "prior_s3_depths": [1, 1],
-        "num_heads": 8,
-    },
-}
-CONFIG_JSON = '{"config": {"transform_channels": [8, 8, 16], "g_a_depths": [1, 1, 1], "g_s_depths": [1, 1, 1], "h_a_depths": [1, 1], "h_s_depths": [1, 1], "prior_s1_s2_depths": [1, 1], "prior_s3_depths": [1, 1], "num_heads": 8}}'  # noqa: E501
-MICRO_JSON = CONFIG_JSON.replace('{"config"', '{"M": 16, "N": 8, "config"')
+# The full coding schedule with the narrowest transforms, as --model-kwargs JSON.
+MICRO = model_kwargs_to_json({"M": 16, "N": 8, "config": HPCM_MICRO})
+MICRO_JSON = json.dumps(MICRO)
+CONFIG_JSON = json.dumps({"config": MICRO["config"]})
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import hpcm_models
+from hpcm_models import HPCM_MICRO
 from hpcm_models.cli import main
 from hpcm_models.hpcm.model import CODING_BUFFERS
 from hpcm_models.training import (
@@ -22,25 +23,14 @@ from hpcm_models.training import (
     build_model,
     find_images,
     load_training_checkpoint,
+    model_kwargs_to_json,
 )
 
 DATA = Path(hpcm_models.__file__).parent / "data"
 
 # The real coding schedule and every module type at a size that trains in well under a second a
 # step on a CPU; phase 2 has RWKV context cells, so the decay/boost parameter group is exercised.
-TINY_KWARGS = {
-    "M": 16,
-    "N": 8,
-    "config": {
-        "transform_channels": [8, 16, 16],
-        "g_a_depths": [1, 1, 1],
-        "g_s_depths": [1, 1, 1],
-        "h_a_depths": [1, 1],
-        "h_s_depths": [1, 1],
-        "prior_s1_s2_depths": [1, 1],
-        "prior_s3_depths": [1, 1],
-    },
-}
+TINY_KWARGS = model_kwargs_to_json({"M": 16, "N": 8, "config": HPCM_MICRO})
 MODEL = "hpcm-phase2"
 
 

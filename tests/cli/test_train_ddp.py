@@ -13,22 +13,11 @@ from pathlib import Path
 import pytest
 
 import hpcm_models
-from hpcm_models.training import load_training_checkpoint
+from hpcm_models import HPCM_MICRO
+from hpcm_models.training import load_training_checkpoint, model_kwargs_to_json
 
 DATA = Path(hpcm_models.__file__).parent / "data"
-TINY_KWARGS = {
-    "M": 16,
-    "N": 8,
-    "config": {
-        "transform_channels": [8, 16, 16],
-        "g_a_depths": [1, 1, 1],
-        "g_s_depths": [1, 1, 1],
-        "h_a_depths": [1, 1],
-        "h_s_depths": [1, 1],
-        "prior_s1_s2_depths": [1, 1],
-        "prior_s3_depths": [1, 1],
-    },
-}
+TINY_KWARGS = model_kwargs_to_json({"M": 16, "N": 8, "config": HPCM_MICRO})
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import hpcm_models.codec as codec_module
-from hpcm_models import HPCM_BASE, available_models, get_model
+from hpcm_models import HPCM_BASE, HPCM_MICRO, available_models, get_model
 from hpcm_models.codec import (
     ImageCodec,
     _RansTables,
@@ -51,18 +51,7 @@ from hpcm_models.errors import (
     WeightsMismatchError,
 )
 
-# The full coding schedule with the narrowest transforms: fast enough for ~1000-px images.
-MICRO = dataclasses.replace(
-    HPCM_BASE,
-    transform_channels=(8, 8, 16),
-    g_a_depths=(1, 1, 1),
-    g_s_depths=(1, 1, 1),
-    h_a_depths=(1, 1),
-    h_s_depths=(1, 1),
-    prior_s1_s2_depths=(1, 1),
-    prior_s3_depths=(1, 1),
-    num_heads=8,
-)
+MICRO = HPCM_MICRO  # the full coding schedule with the narrowest transforms
 MICRO_KWARGS = {"M": 16, "N": 8, "config": MICRO}
 TINY = dataclasses.replace(HPCM_BASE, transform_channels=(16, 32, 64), g_a_depths=(1, 1, 1))
 

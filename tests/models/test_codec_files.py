@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 from importlib.resources import files
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 import hpcm_models.codec as codec_module
-from hpcm_models import HPCM_BASE, get_model
+from hpcm_models import HPCM_MICRO, get_model
 from hpcm_models.codec import (
     ImageCodec,
     compress_file,
@@ -34,17 +33,7 @@ from hpcm_models.errors import (
 from hpcm_models.hpcm.model import CODING_BUFFERS
 from hpcm_models.training import model_kwargs_to_json
 
-MICRO = dataclasses.replace(
-    HPCM_BASE,
-    transform_channels=(8, 8, 16),
-    g_a_depths=(1, 1, 1),
-    g_s_depths=(1, 1, 1),
-    h_a_depths=(1, 1),
-    h_s_depths=(1, 1),
-    prior_s1_s2_depths=(1, 1),
-    prior_s3_depths=(1, 1),
-    num_heads=8,
-)
+MICRO = HPCM_MICRO  # the full coding schedule with the narrowest transforms
 KWARGS_JSON = model_kwargs_to_json({"M": 16, "N": 8, "config": MICRO})
 
 

@@ -33,7 +33,16 @@ from .errors import (
     UnsupportedFormatError,
     WeightsMismatchError,
 )
-from .hpcm import HPCM, HPCM_BASE, HPCM_LARGE, CodingStep, HPCMBase, HPCMConfig, HPCMLarge
+from .hpcm import (
+    HPCM,
+    HPCM_BASE,
+    HPCM_LARGE,
+    HPCM_MICRO,
+    CodingStep,
+    HPCMBase,
+    HPCMConfig,
+    HPCMLarge,
+)
 from .phases import (
     HPCMRWKV,
     HPCMPhase1,
@@ -44,15 +53,17 @@ from .phases import (
     WarmStart,
     from_baseline,
 )
-from .registry import available_models, get_model, register_model
+from .registry import BUILTIN_MODELS, available_models, get_model, register_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BUILTIN_MODELS",
     "HPCM",
     "HPCMRWKV",
     "HPCM_BASE",
     "HPCM_LARGE",
+    "HPCM_MICRO",
     "BitstreamError",
     "CheckpointError",
     "CodingStep",

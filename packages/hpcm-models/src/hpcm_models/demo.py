@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .registry import BUILTIN_MODELS
+
 __all__ = [
     "DEMO_IMAGES",
     "DEMO_MODELS",
@@ -29,15 +31,8 @@ __all__ = [
     "run_demo",
 ]
 
-#: The models the demo builds, in table order.
-DEMO_MODELS: tuple[str, ...] = (
-    "hpcm-base",
-    "hpcm-large",
-    "hpcm-phase1",
-    "hpcm-phase2",
-    "hpcm-phase3",
-    "hpcm-phase4",
-)
+#: The models the demo builds, in table order: every built-in model.
+DEMO_MODELS: tuple[str, ...] = BUILTIN_MODELS
 
 #: Default photos (``hpcm_models/data``): a 171×256 colour photo and a 192×192 grayscale one, both
 #: padded to 256×256 by the codec (and cropped back), so padding and gray images are exercised.

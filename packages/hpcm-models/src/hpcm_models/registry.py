@@ -14,9 +14,19 @@ from compressai.registry import register_model as _compressai_register_model
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["available_models", "get_model", "register_model"]
+__all__ = ["BUILTIN_MODELS", "available_models", "get_model", "register_model"]
 
 _MODELS: dict[str, type[nn.Module]] = {}
+
+#: The models this package ships, baseline first (the order of tables in the docs and tools).
+BUILTIN_MODELS: tuple[str, ...] = (
+    "hpcm-base",
+    "hpcm-large",
+    "hpcm-phase1",
+    "hpcm-phase2",
+    "hpcm-phase3",
+    "hpcm-phase4",
+)
 
 T = TypeVar("T", bound="type[nn.Module]")
 

@@ -22,15 +22,6 @@ examples:
       --model-kwargs '{"M": 32, "N": 16}'
 """
 
-DEFAULT_MODELS = (
-    "hpcm-base",
-    "hpcm-large",
-    "hpcm-phase1",
-    "hpcm-phase2",
-    "hpcm-phase3",
-    "hpcm-phase4",
-)
-
 
 def _size(text: str) -> tuple[int, int]:
     from hpcm_models.benchmark import parse_size
@@ -43,7 +34,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from hpcm_models.cli.compress import json_object
-    from hpcm_models.registry import available_models
+    from hpcm_models.registry import BUILTIN_MODELS, available_models
 
     p = subparsers.add_parser(
         "bench",
@@ -56,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--models",
         nargs="*",
         choices=available_models(),
-        default=list(DEFAULT_MODELS),
+        default=list(BUILTIN_MODELS),
         metavar="NAME",
         help="models to measure (default: all six); none: cells only",
     )
