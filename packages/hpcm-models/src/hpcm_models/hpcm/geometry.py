@@ -18,6 +18,8 @@ the functions here give identical tensors.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -160,8 +162,21 @@ def _step_groups_cpu(stage: int, step: int, h: int, w: int) -> torch.Tensor:
     return torch.tensor(_inverse(S3_STEP_PATTERNS[step]))[pattern]
 
 
+@functools.lru_cache(maxsize=256)
+def _on_device(make: Callable[..., Any], device: torch.device, *args: Any) -> Any:
+    # The index tensors are built once per size on the CPU and copied to each device once: a copy
+    # per call would synchronize the host with the device at every coding step (and cannot be
+    # captured in a CUDA graph).
+    value = make(*args)
+    if isinstance(value, tuple):
+        return tuple(v.to(device) for v in value)
+    return value.to(device)
+
+
 def step_groups(stage: int, step: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     """Channel group coded at each position of a step: int64 ``[h, w]`` in ``[0, k)``.
+
+    The result is cached per (stage, step, size, device): treat it as read-only.
 
     Args:
         stage: 1, 2 or 3.
@@ -169,7 +184,7 @@ def step_groups(stage: int, step: int, h: int, w: int, device: torch.device) -> 
         h, w: size of the stage grid.
         device: device of the result.
     """
-    return _step_groups_cpu(stage, step, h, w).to(device)
+    return _on_device(_step_groups_cpu, torch.device(device), stage, step, h, w)
 
 
 def select(t: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
@@ -221,10 +236,10 @@ def s2_hyper(params: torch.Tensor) -> torch.Tensor:
     :data:`S2_HYPER_DROPPED`), and trained checkpoints depend on it.
     """
     B, C, H, W = params.shape
-    index, valid = _s2_hyper_index_cpu(H, W)
-    index = index.to(params.device).view(1, 8, 1, -1).expand(B, 8, C // 8, -1)
+    index, valid = _on_device(_s2_hyper_index_cpu, params.device, H, W)
+    index = index.view(1, 8, 1, -1).expand(B, 8, C // 8, -1)
     out = params.reshape(B, 8, C // 8, H * W).gather(3, index)
-    out = torch.where(valid.to(params.device).view(1, 8, 1, -1), out, 0.0)
+    out = torch.where(valid.view(1, 8, 1, -1), out, 0.0)
     return out.reshape(B, C, H // 2, W // 2)
 
 
@@ -232,9 +247,14 @@ def s3_hyper(params: torch.Tensor) -> torch.Tensor:
     """Hyperprior parameters for the full-grid positions that s1/s2 did not code: ``[B, C, H, W]``,
     zeros at each group's s2 phase."""
     B, C, H, W = params.shape
-    rows = torch.arange(H, device=params.device)[:, None]
-    cols = torch.arange(W, device=params.device)[None, :]
-    phases = torch.tensor(S2_PHASES, device=params.device)
-    coded = (rows % 2 == phases[:, 0, None, None]) & (cols % 2 == phases[:, 1, None, None])
-    coded = coded.view(1, 8, 1, H, W)
+    coded = _on_device(_s2_phase_mask_cpu, params.device, H, W).view(1, 8, 1, H, W)
     return torch.where(coded, 0.0, params.reshape(B, 8, C // 8, H, W)).reshape(B, C, H, W)
+
+
+@functools.lru_cache(maxsize=16)
+def _s2_phase_mask_cpu(H: int, W: int) -> torch.Tensor:
+    """bool ``[8, H, W]``: the full-grid positions of each channel group's s2 phase."""
+    rows = torch.arange(H)[:, None]
+    cols = torch.arange(W)[None, :]
+    phases = torch.tensor(S2_PHASES)
+    return (rows % 2 == phases[:, 0, None, None]) & (cols % 2 == phases[:, 1, None, None])

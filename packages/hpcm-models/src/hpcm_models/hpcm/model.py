@@ -387,11 +387,25 @@ class HPCM(CompressionModel):
         y_hat = self.run_schedule(params, quantize)
         x_hat = self.g_s(y_hat)
 
-        scales = torch.zeros_like(y)
-        values = torch.zeros_like(y)
+        # Every latent is coded at exactly one step: summing each stage's steps on its own grid
+        # and moving each stage to full resolution once assembles the same tensors with 2 merges
+        # per stage instead of 2 per step.
+        grids: dict[int, list[torch.Tensor]] = {}
         for step, residual, quantized in steps:
-            scales = scales + step.to_latent(step.scales)
-            values = values + step.to_latent(_add_noise(residual) if training else quantized)
+            placed = [
+                step.place(step.scales),
+                step.place(_add_noise(residual) if training else quantized),
+            ]
+            previous = grids.get(step.stage)
+            grids[step.stage] = (
+                placed
+                if previous is None
+                else [a + b for a, b in zip(previous, placed, strict=True)]
+            )
+        scales, values = (
+            geo.merge_s2(geo.merge_s1(s1) + s2) + s3
+            for s1, s2, s3 in zip(grids[1], grids[2], grids[3], strict=True)
+        )
         y_likelihoods = self.entropy_estimation(values, scales)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
