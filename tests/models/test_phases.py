@@ -29,7 +29,7 @@ from hpcm_models import (
     get_model,
 )
 from hpcm_models.hpcm.model import CODING_BUFFERS
-from hpcm_models.layers import CrossAttentionCell, SpatialPrior
+from hpcm_models.layers import Conv1x1, CrossAttentionCell, SpatialPrior
 from hpcm_models.phases import DEFAULT_CELL_HIDDEN_RATES, REPLACEABLE_MODULES
 from rwkv_blocks import BiRWKVBlock, RWKVContextCell, RWKVFusionNet, SpatialMix, rwkv_param_groups
 
@@ -129,8 +129,8 @@ def test_replaced_modules_are_rwkv_and_the_others_hpcm(name, config) -> None:
         "attn_s1": CrossAttentionCell,
         "attn_s2": CrossAttentionCell,
         "attn_s3": CrossAttentionCell,
-        "context_net.0": nn.Conv2d,
-        "context_net.1": nn.Conv2d,
+        "context_net.0": Conv1x1,
+        "context_net.1": Conv1x1,
         "y_spatial_prior_s1_s2": SpatialPrior,
         "y_spatial_prior_s3": SpatialPrior,
     }
