@@ -225,6 +225,7 @@ def test_bf16_autocast_trains(images: Path, tmp_path: Path) -> None:
         (("--metric", "ms-ssim"), "--metric ms-ssim needs patches of at least 161 pixels"),
         (("--model-kwargs", '{"M": 20}'), "invalid --model-kwargs for hpcm-phase2"),
         (("--lr-factors", "0.5", "0.1"), "expected one --lr-factors value per --lr-milestones"),
+        (("--cuda-graphs", "--device", "cpu"), "--cuda-graphs needs a CUDA device, got cpu"),
     ],
 )
 def test_bad_settings_are_one_line_errors(

@@ -572,7 +572,7 @@ def test_forced_desync_is_refused(micro, monkeypatch, perturbation) -> None:
 
         def shifted(model, scales):
             index = original(model, scales)
-            return np.minimum(index + 1, model.scale_table.numel() - 1)
+            return (index + 1).clamp_(max=model.scale_table.numel() - 1)
 
         monkeypatch.setattr(codec_module, "_scale_indexes", shifted)
     else:
@@ -707,3 +707,78 @@ def test_gpu_encode_cpu_decode_is_bit_exact_or_refused(
     torch.testing.assert_close(decoded.y_hat, encoded.y_hat.cpu(), rtol=1e-4, atol=1e-4)
     assert diff.max() <= 2
     assert diff.mean() < 0.01
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("size", ["micro", "base"])
+def test_cuda_graphs_give_the_same_files_and_images(parity_weights, size) -> None:
+    """The graphed codec runs the eager codec's kernels: identical bytes, latents and pixels, in
+    every combination of graphed and eager encoder and decoder."""
+    if size == "micro":
+        model, image = micro_model(parity_weights).cuda(), photo(301, 200)
+    else:
+        model = parity_weights(get_model("hpcm-base")).eval().cuda()
+        model.update()
+        image = photo(768, 512)
+    eager = ImageCodec(model, cuda_graphs=False)
+    graphed = ImageCodec(model, cuda_graphs=True)
+    auto = ImageCodec(model)
+    assert eager.synthesis == graphed.synthesis == auto.synthesis == "tf32"
+    reference = eager.encode_detailed(image)
+    assert graphed.encode(image) == reference.data
+    assert graphed.encode(image) == reference.data  # replayed, not just captured
+    assert auto.encode(image) == reference.data  # first sight: eager
+    assert auto.encode(image) == reference.data  # second: captured
+    eager_decoded = eager.decode_detailed(reference.data)
+    for codec in (graphed, graphed, auto, auto):
+        decoded = codec.decode_detailed(reference.data)
+        assert torch.equal(decoded.y_hat, reference.y_hat)
+        assert torch.equal(decoded.x_hat, eager_decoded.x_hat)
+    assert len(graphed._graphs) == 2
+    assert len(auto._graphs) == 2
+    # Another size gets its own graphs; the first keeps working.
+    other = photo(200, 130, index=1)
+    assert graphed.decode(graphed.encode(other)).size == (200, 130)
+    assert graphed.encode(image) == reference.data
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("synthesis", ["tf32", "bf16"])
+def test_fast_synthesis_changes_pixels_not_bits(parity_weights, synthesis) -> None:
+    model = micro_model(parity_weights).cuda()
+    exact = ImageCodec(model, cuda_graphs=True, synthesis="fp32")
+    fast = ImageCodec(model, cuda_graphs=True, synthesis=synthesis)
+    image = photo(301, 200)
+    data = exact.encode(image)
+    assert fast.encode(image) == data  # the encoder does not run g_s
+    a, b = exact.decode_detailed(data), fast.decode_detailed(data)
+    assert torch.equal(a.y_hat, b.y_hat)
+    diff = np.abs(np.asarray(a.image).astype(int) - np.asarray(b.image).astype(int))
+    assert diff.max() <= (2 if synthesis == "tf32" else 8)
+
+
+@pytest.mark.cuda
+def test_graphed_decoder_refuses_a_desynchronized_file(parity_weights) -> None:
+    model = micro_model(parity_weights).cuda()
+    data = ImageCodec(model).encode(photo(200, 130, index=1))
+    hook = model.h_s.register_forward_hook(lambda m, i, out: out * 1.01)
+    try:
+        codec = ImageCodec(model, cuda_graphs=True)  # captures the perturbed hyperprior
+        with pytest.raises(DecodeMismatchError, match="lost synchronization"):
+            codec.decode(data)
+    finally:
+        hook.remove()
+
+
+def test_codec_options_are_checked(micro) -> None:
+    with pytest.raises(ValueError, match="expected a precision in"):
+        ImageCodec(micro.model, synthesis="fp16")
+    with pytest.raises(ValueError, match="expected cuda_graphs None, True or False"):
+        ImageCodec(micro.model, cuda_graphs="yes")
+
+
+def test_graphs_are_not_used_on_the_cpu(micro) -> None:
+    codec = ImageCodec(micro.model, cuda_graphs=True)
+    image = photo(200, 130)
+    assert codec.decode(codec.encode(image)).size == (200, 130)
+    assert codec._graphs == {}

@@ -8,6 +8,7 @@ with _warnings.catch_warnings():
     _warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     import compressai as _compressai  # noqa: F401
 
+from .acceleration import GraphChain, GraphedForward, GraphedTrainStep
 from .codec import (
     ImageCodec,
     compress_file,
@@ -73,6 +74,9 @@ __all__ = [
     "EncodeError",
     "FileAccessError",
     "GeneralizedGaussian",
+    "GraphChain",
+    "GraphedForward",
+    "GraphedTrainStep",
     "HPCMBase",
     "HPCMConfig",
     "HPCMError",

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import os
 import secrets
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from PIL import Image, ImageOps
 
+from .acceleration import GraphChain, Split, check_precision, fp32_precision, precision
 from .container import (
     HASH_BYTES,
     Header,
@@ -125,33 +127,6 @@ _CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
 # ---------------------------------------------------------------------------- determinism
 
 
-# PyTorch's per-backend float32 precision settings (the API of torch >= 2.9): all set to "ieee"
-# (no TF32 on CUDA, no bf16 on oneDNN) while coding. The legacy flags (allow_tf32,
-# set_float32_matmul_precision) write the same state, so they are not touched separately.
-_FP32_PRECISION = (
-    "backends",
-    "backends.cuda.matmul",
-    "backends.cudnn",
-    "backends.cudnn.conv",
-    "backends.cudnn.rnn",
-    "backends.mkldnn",
-    "backends.mkldnn.matmul",
-    "backends.mkldnn.conv",
-    "backends.mkldnn.rnn",
-)
-
-
-def _precision_knobs() -> list[Any]:
-    knobs = []
-    for path in _FP32_PRECISION:
-        obj: Any = torch
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if obj is not None and hasattr(obj, "fp32_precision"):
-            knobs.append(obj)
-    return knobs
-
-
 @contextlib.contextmanager
 def deterministic_coding(device: torch.device | str = "cpu") -> Iterator[None]:
     """Run the enclosed code with deterministic, full-precision float32 settings; restore after.
@@ -174,8 +149,6 @@ def deterministic_coding(device: torch.device | str = "cpu") -> Iterator[None]:
     saved_threads = torch.get_num_threads()
     if not cuda:
         torch.set_num_threads(1)
-    knobs = _precision_knobs()
-    saved_precision = [knob.fp32_precision for knob in knobs]
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -189,19 +162,16 @@ def deterministic_coding(device: torch.device | str = "cpu") -> Iterator[None]:
         torch.use_deterministic_algorithms(True, warn_only=warn_only)
         # Deterministic mode would fill every torch.empty with NaN; no op here reads such memory.
         torch.utils.deterministic.fill_uninitialized_memory = False
-        for knob in knobs:
-            knob.fp32_precision = "ieee"
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         try:
-            yield
+            with fp32_precision("ieee"):
+                yield
         finally:
             torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
             torch.utils.deterministic.fill_uninitialized_memory = saved[2]
             torch.backends.cudnn.deterministic = saved[3]
             torch.backends.cudnn.benchmark = saved[4]
-            for knob, value in zip(knobs, saved_precision, strict=True):
-                knob.fp32_precision = value
             torch.set_num_threads(saved_threads)
 
 
@@ -363,53 +333,61 @@ class _RansTables:
         return cls(cdfs, sizes, offsets.tolist(), low, high)
 
 
-def _scale_indexes(model: HPCM, scales: torch.Tensor) -> np.ndarray:
-    """Row of the y table for each scale: the first scale-table entry >= it (the model's rule)."""
+def _scale_indexes(model: HPCM, scales: torch.Tensor) -> torch.Tensor:
+    """Row of the y table for each scale: the first scale-table entry >= it (the model's rule);
+    int64, flattened, on the scales' device."""
     boundaries = model.scale_table[:-1].to(scales)
     index = torch.bucketize(scales, boundaries).flatten()
-    return index.clamp_(0, model.scale_table.numel() - 1).cpu().numpy()
+    return index.clamp_(0, model.scale_table.numel() - 1)
+
+
+def _coded_symbols(
+    values: torch.Tensor, rows: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """What the entropy coder needs from quantized latents, computed where they are (on the GPU
+    inside the encoder's CUDA graphs): ``(symbols, coded, rows, broken)``: the values as int32,
+    the values clipped to their table row's range ``[low, high]`` (what rANS codes; the
+    difference travels as an escape), the rows as int32, and a flag for values that are not
+    finite or not 32-bit integers (the symbols are then meaningless)."""
+    values = values.flatten()
+    finite = torch.isfinite(values)
+    broken = (~finite).any() | (values.abs() >= _INT32).any()
+    bound = float(_INT32 - 128)  # the largest float32 below 2^31
+    symbols = torch.where(finite, values, 0.0).clamp(-bound, bound).to(torch.int32)
+    coded = torch.minimum(torch.maximum(symbols, low[rows]), high[rows])
+    return symbols, coded, rows.to(torch.int32), broken.view(1)
 
 
 class _SymbolWriter:
-    """Collects one latent's symbols in coding order; out-of-table values become escapes."""
+    """Entropy-codes one latent's symbols in coding order, a chunk (coding step) at a time;
+    values outside their table row's range become escapes."""
 
     def __init__(self, tables: _RansTables, hasher: Any, escapes: list, start: int) -> None:
         self.tables, self.hasher, self.escapes, self.position = tables, hasher, escapes, start
-        self.symbols: list[np.ndarray] = []
-        self.indexes: list[np.ndarray] = []
+        self.encoder = BufferedRansEncoder()
 
-    def add(self, values: torch.Tensor, indexes: np.ndarray) -> None:
-        v = values.detach().flatten().to("cpu", torch.float64).numpy()
-        if not np.isfinite(v).all() or np.abs(v).max(initial=0) >= _INT32:
+    def add(self, symbols: np.ndarray, coded: np.ndarray, rows: np.ndarray, broken: bool) -> None:
+        """Add the next chunk (see :func:`_coded_symbols`; int32 arrays)."""
+        if broken:
             raise EncodeError(
                 "the model produced non-finite latents or latents beyond 32-bit integers; its "
                 "weights (or the input) are broken"
             )
-        v = v.astype(np.int64)
-        self.hasher.update(v.astype("<i4").tobytes())
-        low, high = self.tables.low[indexes], self.tables.high[indexes]
-        outside = np.flatnonzero((v < low) | (v > high))
+        self.hasher.update(symbols.astype("<i4", copy=False).tobytes())
+        outside = np.flatnonzero(symbols != coded)
         if outside.size:
             # An escape stores how far beyond its table edge a latent lies (> 0: above the
             # largest symbol, < 0: below the smallest); the symbol coded is that edge.
-            u = v[outside]
-            excess = np.where(u > high[outside], u - high[outside], u - low[outside])
+            excess = symbols[outside].astype(np.int64) - coded[outside]
             self.escapes.append((self.position + outside, excess))
-            v = np.clip(v, low, high)
-        self.symbols.append(v)
-        self.indexes.append(indexes)
-        self.position += v.size
+        # BufferedRansEncoder only buffers here; flush() codes everything, in reverse.
+        self.encoder.encode_with_indexes(
+            coded.tolist(), rows.tolist(), self.tables.cdfs, self.tables.sizes, self.tables.offsets
+        )
+        self.position += symbols.size
 
     def flush(self) -> bytes:
-        encoder = BufferedRansEncoder()
-        encoder.encode_with_indexes(
-            np.concatenate(self.symbols).tolist(),
-            np.concatenate(self.indexes).tolist(),
-            self.tables.cdfs,
-            self.tables.sizes,
-            self.tables.offsets,
-        )
-        return encoder.flush()
+        return self.encoder.flush()
 
 
 class _SymbolReader:
@@ -435,12 +413,10 @@ class _SymbolReader:
         n = indexes.size
         if self.position + n > self.end:
             raise RuntimeError("decoder asked for more symbols than the stream holds")
-        values = np.asarray(
-            self.decoder.decode_stream(
-                indexes.tolist(), self.tables.cdfs, self.tables.sizes, self.tables.offsets
-            ),
-            dtype=np.int64,
+        decoded = self.decoder.decode_stream(
+            indexes.tolist(), self.tables.cdfs, self.tables.sizes, self.tables.offsets
         )
+        values = np.fromiter(decoded, dtype=np.int64, count=n)
         positions, excess = self.escapes
         a, b = np.searchsorted(positions, [self.position, self.position + n])
         if b > a:
@@ -681,13 +657,30 @@ class ImageCodec:
     The rANS tables and the model's hashes are prepared once, at construction: build a new codec
     after changing the weights. The model's rANS tables are built with ``model.update()`` if they
     are empty. Coding runs on the model's device, in eval mode, under
-    :func:`deterministic_coding`.
+    :func:`deterministic_coding`: everything that decides the coded bits (``g_a``, the
+    hyperprior, the 11-step context model) runs in IEEE float32 with deterministic kernels, so
+    encoder and decoder compute identical entropy parameters.
+
+    On CUDA the network part of coding is launch-bound (~1,000 small kernels per image), so the
+    codec records it in CUDA graphs per padded image size (:class:`~hpcm_models.acceleration.
+    GraphChain`; the decoder's chain is split at each of the 11 coding steps, where the rANS
+    decoder needs the step's scales). The graphs run exactly the kernels of the eager path, so
+    files are byte-identical either way. Capturing costs about three codings, so by default a
+    size is captured the second time it is seen.
 
     Args:
         model: an HPCM model (any registered variant).
         model_id: its registry name, written to and checked against files; found from the
             model's class if not given.
         limits: safety limits for decoding (defaults: :class:`~hpcm_models.container.Limits`).
+        cuda_graphs: ``None`` (capture a size when it is seen again), ``True`` (capture at
+            once) or ``False`` (always eager). Ignored on the CPU.
+        synthesis: arithmetic of the decoder's synthesis transform ``g_s``, which runs after
+            every bit is decoded: ``"tf32"`` (default: TF32 convolutions on CUDA, which is also
+            what PyTorch's defaults give the authors' code; IEEE float32 on the CPU), ``"fp32"``
+            or ``"bf16"`` (see :func:`~hpcm_models.acceleration.precision`). It changes the
+            reconstruction by rounding error only (≤ 1 level of 255 measured for TF32), never
+            the bits.
 
     Example:
         >>> codec = ImageCodec(load_checkpoint("hpcm_base.pth.tar", "hpcm-base"))
@@ -695,14 +688,28 @@ class ImageCodec:
         >>> image = codec.decode(data)
     """
 
+    #: Image sizes whose CUDA graphs are kept (least recently used dropped first).
+    MAX_GRAPHS: ClassVar[int] = 4
+
     def __init__(
-        self, model: HPCM, model_id: str | None = None, *, limits: Limits | None = None
+        self,
+        model: HPCM,
+        model_id: str | None = None,
+        *,
+        limits: Limits | None = None,
+        cuda_graphs: bool | None = None,
+        synthesis: str = "tf32",
     ) -> None:
         if not isinstance(model, HPCM):
             raise TypeError(f"expected an HPCM model, got {type(model).__qualname__}")
+        if cuda_graphs not in (None, True, False):
+            raise ValueError(f"expected cuda_graphs None, True or False, got {cuda_graphs!r}")
+        check_precision(synthesis)
         self.model = model
         self.model_id = model_id if model_id is not None else _registry_name(model)
         self.limits = limits or Limits()
+        self.cuda_graphs = cuda_graphs
+        self.synthesis = synthesis
         if model.offset_y.numel() == 0 or model.offset_z.numel() == 0:
             model.update()
         self._tables = {
@@ -711,10 +718,33 @@ class ImageCodec:
         }
         self.weights_hash = weights_hash(model)
         self.config_hash = config_hash(model, self.model_id)
+        self._graphs: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, GraphChain]] = {}
+        self._seen: set[tuple[str, tuple[int, ...]]] = set()
+        self._ranges: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def device(self) -> torch.device:
         return self.model.means_hyper.device
+
+    def _graph(
+        self, kind: str, example: torch.Tensor, body: Callable[[torch.Tensor, Split], Any]
+    ) -> tuple[torch.Tensor, GraphChain] | None:
+        """The CUDA graph chain of ``body(static_input, split)`` for ``example``'s shape, or None
+        when this call should run eagerly (CPU, graphs off, or first sight of the shape)."""
+        if self.device.type != "cuda" or self.cuda_graphs is False:
+            return None
+        key = (kind, tuple(example.shape))
+        entry = self._graphs.pop(key, None)
+        if entry is None:
+            if self.cuda_graphs is None and key not in self._seen:
+                self._seen.add(key)
+                return None
+            static = torch.zeros_like(example)
+            entry = (static, GraphChain(lambda split: body(static, split), self.device))
+            while len(self._graphs) >= self.MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[key] = entry
+        return entry
 
     @contextlib.contextmanager
     def _coding(self) -> Iterator[None]:
@@ -771,28 +801,68 @@ class ImageCodec:
         data = write_container(header, [s for _, s in streams])
         return EncodedImage(data, header, coded.y_hat, coded.escape_count)
 
-    def _encode_latents(self, x: torch.Tensor, hasher: Any) -> _CodedLatents:
+    def _table_ranges(self, latent: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each table row's smallest and largest regular symbol, int32 on the model's device."""
+        key = (latent, self.device)
+        if key not in self._ranges:
+            tables = self._tables[latent]
+            self._ranges[key] = (
+                torch.from_numpy(tables.low.astype(np.int32)).to(self.device),
+                torch.from_numpy(tables.high.astype(np.int32)).to(self.device),
+            )
+        return self._ranges[key]
+
+    def _encoder_tensors(self, x: torch.Tensor, split: Split) -> torch.Tensor:
+        """The encoder's network part; returns ŷ. Hands the entropy coder z's symbols, then each
+        coding step's, through ``split(symbols, None)`` (see :func:`_coded_symbols`), so with
+        CUDA graphs the host codes step k while the GPU computes step k + 1."""
         model = self.model
-        escapes: list[tuple[np.ndarray, np.ndarray]] = []
+        z_low, z_high = self._table_ranges("z")
+        y_low, y_high = self._table_ranges("y")
         y = model.g_a(x)
         z = model.h_a(y)
+        # `+ 0.0` turns -0.0 into 0.0, the value the decoder rebuilds from integers.
         z_q = torch.round(z - model.means_hyper) + 0.0
         N, zh, zw = z_q.shape[1:]
-        z_writer = _SymbolWriter(self._tables["z"], hasher, escapes, 0)
-        z_writer.add(z_q, np.repeat(np.arange(N), zh * zw))
+        z_rows = torch.arange(N, device=x.device).view(N, 1).expand(N, zh * zw).reshape(-1)
+        split(_coded_symbols(z_q, z_rows, z_low, z_high), None)
         params = model.h_s(z_q + model.means_hyper)
-
         y_s2 = geo.split_s2(y)
         latents = {1: geo.split_s1(y_s2), 2: y_s2, 3: y}
-        y_writer = _SymbolWriter(self._tables["y"], hasher, escapes, z_writer.position)
 
         def encode(step: Any) -> torch.Tensor:
-            # `+ 0.0` turns -0.0 into 0.0, the value the decoder rebuilds from integers.
             quantized = torch.round(step.select(latents[step.stage]) - step.means) + 0.0
-            y_writer.add(quantized, _scale_indexes(model, step.scales))
+            rows = _scale_indexes(model, step.scales)
+            split(_coded_symbols(quantized, rows, y_low, y_high), None)
             return quantized
 
-        y_hat = model.run_schedule(params, encode)
+        return model.run_schedule(params, encode)
+
+    def _encode_latents(self, x: torch.Tensor, hasher: Any) -> _CodedLatents:
+        escapes: list[tuple[np.ndarray, np.ndarray]] = []
+        writers: list[_SymbolWriter] = [_SymbolWriter(self._tables["z"], hasher, escapes, 0)]
+
+        def consume(k: int, outputs: tuple[torch.Tensor, ...]) -> None:
+            if k == 1:
+                start = writers[0].position
+                writers.append(_SymbolWriter(self._tables["y"], hasher, escapes, start))
+            symbols, coded, rows, broken = (t.numpy() for t in outputs)
+            writers[min(k, 1)].add(symbols, coded, rows, bool(broken[0]))
+
+        graph = self._graph("encode", x, self._encoder_tensors)
+        if graph is None:
+            steps = itertools.count()
+
+            def split(outputs: Any, like: None) -> None:
+                consume(next(steps), tuple(t.cpu() for t in outputs))
+
+            y_hat = self._encoder_tensors(x, split)
+        else:
+            static, chain = graph
+            static.copy_(x)
+            y_hat = chain.replay(consume=consume).clone()
+        z_writer, y_writer = writers
+        N, zh, zw = self.model.N, x.shape[-2] // Z_STRIDE, x.shape[-1] // Z_STRIDE
         return _CodedLatents(
             z_stream=z_writer.flush(),
             y_stream=y_writer.flush(),
@@ -889,7 +959,7 @@ class ImageCodec:
         z_count: int,
         y_count: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        model, device = self.model, self.device
+        _model, device = self.model, self.device
         hasher = _latent_hasher(header.width, header.height, header.mode)
         N, zh, zw = header.z_shape
         z_reader = _SymbolReader(
@@ -897,17 +967,27 @@ class ImageCodec:
         )
         z_values = z_reader.take(np.repeat(np.arange(N), zh * zw))
         z_q = torch.from_numpy(z_values.astype(np.float32)).view(1, N, zh, zw).to(device)
-        params = model.h_s(z_q + model.means_hyper)
         y_reader = _SymbolReader(
             streams[StreamKind.Y], y_count, self._tables["y"], hasher, escapes, z_count
         )
 
-        def decode(step: Any) -> torch.Tensor:
-            values = y_reader.take(_scale_indexes(model, step.scales))
-            q = torch.from_numpy(values.astype(np.float32)).to(device)
-            return q.view_as(step.means)
+        def feed(k: int, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            # The entropy decoder reads step k's symbols with the table rows of its scales.
+            values = y_reader.take(outputs[0].cpu().numpy())
+            return torch.from_numpy(values.astype(np.float32))
 
-        y_hat = model.run_schedule(params, decode)
+        graph = self._graph("decode", z_q, self._decoder_tensors)
+        if graph is None:
+            steps = itertools.count()
+
+            def split(outputs: Any, like: torch.Tensor) -> torch.Tensor:
+                return feed(next(steps), tuple(outputs)).to(device).view_as(like)
+
+            y_hat, x_hat = self._decoder_tensors(z_q, split)
+        else:
+            static, chain = graph
+            static.copy_(z_q)
+            y_hat, x_hat = (t.clone() for t in chain.replay(feed))
         if y_reader.position != y_reader.end:
             raise DecodeMismatchError("the decoder did not consume every latent of the file")
         if hasher.digest() != header.latent_hash:
@@ -918,7 +998,20 @@ class ImageCodec:
                 "differ from the encoder's (or the header's size or mode was altered); no image "
                 "is returned"
             )
-        x_hat = model.g_s(y_hat).clamp_(0, 1)
+        return y_hat, x_hat
+
+    def _decoder_tensors(self, z_q: torch.Tensor, split: Split) -> tuple[torch.Tensor, ...]:
+        """The decoder's network part from the hyper-latent: ``(ŷ, x̂)``; ``split(outputs,
+        like)`` hands each step's table rows to the entropy decoder and returns its symbols."""
+        model = self.model
+        params = model.h_s(z_q + model.means_hyper)
+
+        def decode(step: Any) -> torch.Tensor:
+            return split((_scale_indexes(model, step.scales),), step.means)
+
+        y_hat = model.run_schedule(params, decode)
+        with precision(self.synthesis, self.device):
+            x_hat = model.g_s(y_hat).float().clamp_(0, 1)
         return y_hat, x_hat
 
 

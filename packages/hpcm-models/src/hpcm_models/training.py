@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .acceleration import GraphedTrainStep
 from .errors import CheckpointError, HPCMError
 from .hpcm.config import HPCMConfig
 from .hpcm.model import CODING_BUFFERS, HPCM
@@ -509,6 +510,10 @@ class TrainConfig:
         decay_lr: learning rate of the RWKV decay/boost parameters; ``None``: ``lr / 10``.
         clip_grad: maximum gradient norm; 0 disables clipping (the norm is still logged).
         amp: ``"off"`` or ``"bf16"`` (autocast of the forward pass; the loss is float32).
+        cuda_graphs: replay each step (forward, loss, backward, clipping, Adam) from one CUDA
+            graph (:class:`hpcm_models.acceleration.GraphedTrainStep`), with the fused Adam and
+            channels-last memory: single-process CUDA runs only. The same training, without the
+            launch overhead that dominates HPCM's steps (``docs/performance.md``).
         from_baseline: HPCM checkpoint whose weights initialize every part the model shares
             with HPCM (:func:`hpcm_models.from_baseline`).
         val_every, save_every, log_every: in optimizer steps; the last step always validates,
@@ -532,6 +537,7 @@ class TrainConfig:
     clip_grad: float = 1.0
     device: str = "auto"
     amp: str = "off"
+    cuda_graphs: bool = False
     resume: bool = False
     from_baseline: Path | None = None
     val_dataset: Path | None = None
@@ -716,6 +722,52 @@ def _describe_settings(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
+def _set_lr(group: dict[str, Any], value: float) -> None:
+    """Set a param group's learning rate, in place if it is a tensor (CUDA-graph runs)."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
+
+
+def _adapt_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Make a loaded Adam state fit this run's optimizer: the loaded param groups carry the
+    saving run's implementation flags (fused, capturable) and float learning rates, and its step
+    counters live where that run kept them. Checkpoints are portable between runs with and
+    without ``--cuda-graphs`` this way."""
+    capturable = bool(optimizer.defaults.get("capturable"))
+    for group in optimizer.param_groups:
+        for key in ("fused", "capturable", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+        for key in ("lr", "initial_lr"):
+            if key in group:
+                value = float(group[key])
+                group[key] = torch.tensor(value, device=device) if capturable else value
+    for state in optimizer.state.values():
+        if "step" in state:
+            step = torch.as_tensor(state["step"], dtype=torch.float32)
+            state["step"] = step.to(device) if capturable else step.cpu()
+
+
+def _plain_lrs(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an optimizer or scheduler state dict with tensor learning rates as floats."""
+
+    def plain(value: Any) -> Any:
+        return float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+    out = dict(state)
+    if "param_groups" in out:
+        out["param_groups"] = [
+            {k: plain(v) if k in ("lr", "initial_lr") else v for k, v in group.items()}
+            for group in out["param_groups"]
+        ]
+    for key in ("base_lrs", "_last_lr"):
+        if key in out:
+            out[key] = [plain(v) for v in out[key]]
+    return out
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume training) a model; see the module docstring for the recipe.
 
@@ -808,9 +860,27 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
 
     from rwkv_blocks import rwkv_param_groups
 
+    graphs = cfg.cuda_graphs
+    if graphs:
+        if device.type != "cuda":
+            raise HPCMError(f"--cuda-graphs needs a CUDA device, got {device}")
+        if d.enabled:
+            raise HPCMError(
+                "--cuda-graphs runs in a single process; drop it for multi-process (torchrun) runs"
+            )
+        model.to(memory_format=torch.channels_last)
     decay_lr = cfg.decay_lr if cfg.decay_lr is not None else cfg.lr / 10
     groups = rwkv_param_groups(model, lr=cfg.lr, decay_lr=decay_lr)
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+    if graphs:
+        # A float learning rate would be frozen into the graph; tensors are updated in place by
+        # the scheduler.
+        for group in groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        optimizer = torch.optim.Adam(
+            groups, lr=torch.tensor(cfg.lr, device=device), fused=True, capturable=True
+        )
+    else:
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.lr_milestones is None:
         schedule = LRSchedule.hpcm(cfg.steps)
         schedule.factors = list(cfg.lr_factors)
@@ -821,12 +891,13 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
     start_step, best_loss = 0, math.inf
     if resume_ckpt is not None:
         optimizer.load_state_dict(resume_ckpt["optimizer"])
+        _adapt_optimizer(optimizer, device)
         # The schedule comes from this run's flags (it may have been changed on purpose); the
         # scheduler's position comes from the checkpoint.
         saved = {k: v for k, v in resume_ckpt["scheduler"].items() if k != "lr_lambdas"}
         scheduler.load_state_dict({**saved, "lr_lambdas": [None] * len(optimizer.param_groups)})
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = base * schedule(scheduler.last_epoch)
+            _set_lr(group, float(base) * schedule(scheduler.last_epoch))
         start_step = int(resume_ckpt["step"])
         best = resume_ckpt.get("best_loss")
         best_loss = math.inf if best is None else float(best)
@@ -894,8 +965,10 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
             "model": model.state_dict(),
             "model_name": model_name,
             "model_kwargs": model_kwargs,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+            "optimizer": _plain_lrs(optimizer.state_dict()),
+            "scheduler": _plain_lrs(
+                {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+            ),
             "step": step,
             "rng": _rng_state(),
             "best_loss": None if math.isinf(best_loss) else best_loss,
@@ -918,14 +991,26 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
     t0 = time.perf_counter()
     batches = iter(loader)
     step = start_step
+    max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
+    graphed: GraphedTrainStep | None = None
     try:
         while step < cfg.steps:
             x = next(batches).to(device, non_blocking=True)
+            if graphs:
+                x = x.contiguous(memory_format=torch.channels_last)
             # The quantization noise of this step depends on (seed, step, rank) only.
             torch.manual_seed(_mix(seed, "noise", step, d.rank))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = net(x)
-            terms = criterion(out, x)
+            if graphs:
+                if graphed is None:  # the first batch fixes the shape
+                    graphed = GraphedTrainStep(
+                        model, optimizer, criterion, x, amp=amp, max_norm=max_norm
+                    )
+                    torch.manual_seed(_mix(seed, "noise", step, d.rank))
+                terms = graphed(x)  # the whole step, update included
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = net(x)
+                terms = criterion(out, x)
             keys = ["loss", "bpp", "y_bpp", "z_bpp", "mse"] + (
                 ["ms_ssim"] if "ms_ssim" in terms else []
             )
@@ -943,18 +1028,22 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
                     f"non-finite loss ({stats[0].item()}) at step {step + 1}{where}; stopped; "
                     f"{last}. Lower --lr, keep --clip-grad on, or try --amp off"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params_list, max_norm)
-            if bool(torch.isfinite(grad_norm)):
-                optimizer.step()
+            if graphed is not None:
+                grad_norm = terms["grad_norm"]
+                updated = not bool(terms["skipped"])
             else:
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params_list, max_norm)
+                updated = bool(torch.isfinite(grad_norm))
+                if updated:
+                    optimizer.step()
+            if not updated:
                 # The authors skip such batches; the norm is the same on every rank after DDP's
                 # all-reduce, so all ranks skip together.
                 skipped += 1
                 _log(f"step {step + 1}: non-finite gradient norm, update skipped", d.main)
-            lr = optimizer.param_groups[0]["lr"]
+            lr = float(optimizer.param_groups[0]["lr"])
             scheduler.step()
             step += 1
             bar.update(1)
