@@ -52,6 +52,27 @@ def test_train_bf16_and_resume_on_cuda(tmp_path: Path) -> None:
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())  # loaded to CPU
 
 
+def test_train_with_cuda_graphs_and_resume_either_way(tmp_path: Path) -> None:
+    """--cuda-graphs trains (finite losses, the lr schedule applies) and its checkpoints resume
+    with or without graphs, and the other way round."""
+    output = tmp_path / "run"
+    schedule = ["--lr-milestones", "3", "--lr-factors", "0.5", "--lr", "3e-4", "--no-tensorboard"]
+    assert main(_train_args(output, 3, "--cuda-graphs", "--amp", "bf16", *schedule)) == 0
+    assert main([*_train_args(output, 5, *schedule), "--resume"]) == 0  # eager
+    assert main([*_train_args(output, 7, "--cuda-graphs", *schedule), "--resume"]) == 0
+    rows = _rows(output / "train_log.csv")
+    assert [r["step"] for r in rows] == [str(i) for i in range(1, 8)]
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([3e-4] * 3 + [1.5e-4] * 4)
+    assert all(r["skipped"] == "0" for r in rows)
+    ckpt = load_training_checkpoint(output / "latest.pt")
+    assert ckpt["step"] == 7
+    groups = ckpt["optimizer"]["param_groups"]
+    assert all(isinstance(g["lr"], float) for g in groups)  # portable: no device tensors
+    steps = {int(s["step"]) for s in ckpt["optimizer"]["state"].values()}
+    assert steps == {7}
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_torchrun_ddp_on_two_gpus(tmp_path: Path) -> None:
     images = tmp_path / "images"
@@ -86,6 +107,14 @@ def test_bench_reports_cuda_memory(tmp_path: Path) -> None:
     assert row["eval_peak_mib"] > 0
     assert row["train_peak_mib"] > row["eval_peak_mib"]
     assert all(c["fwd_peak_mib"] > 0 for c in doc["cells"])
+    # The fast paths ran in the same run and are reported next to the baseline.
+    assert doc["settings"]["fast"] is True
+    assert row["fast_precision"] == "bf16"
+    assert row["eval_fast_ms"] > 0
+    assert row["train_fast_ms"] > 0
+    assert row["eval_fast_reserved_mib"] > 0
+    assert row["train_fast_reserved_mib"] > 0
+    assert 0 <= row["eval_fast_bits_rel_diff"] < 0.05
 
 
 def test_quick_demo_on_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import math
 import os
 import platform
@@ -39,6 +40,7 @@ __all__ = [
     "biwkv4_flops",
     "count_flops",
     "format_cell_table",
+    "format_fast_table",
     "format_model_table",
     "machine_info",
     "parse_size",
@@ -202,6 +204,22 @@ class ModelResult:
     train_step_ms: float | None = None
     train_step_ms_runs: list[float] = field(default_factory=list)
     train_peak_mib: float | None = None
+    #: The fast paths (CUDA only): eval forward replayed from a CUDA graph in ``fast_precision``;
+    #: training step replayed from a CUDA graph with bf16 autocast, channels-last memory and the
+    #: fused Adam (:class:`~hpcm_models.acceleration.GraphedTrainStep`).
+    #: A graph keeps its memory pool between replays, so the fast paths report the memory
+    #: reserved by PyTorch's CUDA allocator after their runs (weights, optimizer state, graph
+    #: pools, cache; emptied before each fast path) rather than a peak of allocations.
+    fast_precision: str | None = None
+    eval_fast_ms: float | None = None
+    eval_fast_ms_runs: list[float] = field(default_factory=list)
+    eval_fast_reserved_mib: float | None = None
+    #: Relative difference of the estimated bits (Σ −log₂ p over y and z) of the fast forward
+    #: against the eager float32 one, on the benchmark's random input.
+    eval_fast_bits_rel_diff: float | None = None
+    train_fast_ms: float | None = None
+    train_fast_ms_runs: list[float] = field(default_factory=list)
+    train_fast_reserved_mib: float | None = None
 
     @property
     def flops(self) -> int:
@@ -219,11 +237,17 @@ def bench_models(
     repeat: int = 5,
     warmup: int = 1,
     amp: bool = False,
+    fast: bool = True,
+    fast_precision: str = "bf16",
     progress: Callable[[str], None] | None = None,
 ) -> list[ModelResult]:
     """Parameters, FLOPs, eval-forward latency and peak memory at ``size`` (batch 1), and the time
-    of one training step (forward with noise, RD loss, backward, Adam) at ``train_size`` ×
-    ``train_batch``; ``train_size=None`` skips training.
+    of one training step (forward with noise, RD loss, backward, gradient clipping, Adam) at
+    ``train_size`` × ``train_batch``; ``train_size=None`` skips training.
+
+    The baseline is eager PyTorch with its default float32 settings (what the authors' code
+    runs); on CUDA, ``fast`` also measures the fast paths of :mod:`hpcm_models.acceleration` in
+    the same run (see :class:`ModelResult`).
 
     Args:
         names: registered model names.
@@ -232,71 +256,162 @@ def bench_models(
         model_kwargs: constructor kwargs (JSON form, see
             :func:`hpcm_models.training.model_kwargs_from_json`) for every model.
         repeat, warmup: timed and untimed runs.
-        amp: bf16 autocast for the forward passes.
+        amp: bf16 autocast for the baseline's forward passes.
+        fast: also measure the fast paths (CUDA only).
+        fast_precision: arithmetic of the fast eval forward (``"fp32"``, ``"tf32"``, ``"bf16"``).
     """
-    from .training import RateDistortionLoss, build_model
+    from .acceleration import check_precision
+
+    check_precision(fast_precision)
+    fast = fast and device.type == "cuda"
 
     results = []
-    width, height = size
     for name in names:
-        if progress:
-            progress(f"{name}: building")
-        torch.manual_seed(0)
-        model = build_model(name, model_kwargs or {}).to(device).eval()
-        x = torch.rand(1, 3, height, width, device=device)
-
-        def forward(model: nn.Module = model, x: torch.Tensor = x) -> None:
-            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                model(x, training=False)
-
-        if progress:
-            progress(f"{name}: eval forward at {width}x{height}")
-        counted, wkv = count_flops(forward)  # doubles as the first warm-up run
-        times = _time_ms(forward, device, repeat, warmup)
-        peak = _peak_mib(forward, device)
-        result = ModelResult(
-            model=name,
-            params=_params(model),
-            size=size,
-            flops_counted=counted,
-            flops_biwkv4=wkv,
-            eval_ms=statistics.median(times),
-            eval_ms_runs=times,
-            eval_peak_mib=peak,
+        # One function call per model: everything it built (graphs, optimizers, closures) is
+        # freed before the next model is measured, so peak memory is per model.
+        results.append(
+            _bench_model(
+                name,
+                device=device,
+                size=size,
+                model_kwargs=model_kwargs,
+                train_size=train_size,
+                train_batch=train_batch,
+                repeat=repeat,
+                warmup=warmup,
+                amp=amp,
+                fast=fast,
+                fast_precision=fast_precision,
+                progress=progress,
+            )
         )
-        if train_size is not None:
-            if progress:
-                progress(f"{name}: training step at {train_batch}x{train_size[0]}x{train_size[1]}")
-            model.train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-            criterion = RateDistortionLoss(0.013)
-            batch = torch.rand(train_batch, 3, train_size[1], train_size[0], device=device)
-
-            def step(
-                model: nn.Module = model,
-                batch: torch.Tensor = batch,
-                optimizer: torch.optim.Optimizer = optimizer,
-                criterion: RateDistortionLoss = criterion,
-            ) -> None:
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                    out = model(batch)
-                criterion(out, batch)["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-
-            train_times = _time_ms(step, device, repeat, warmup)
-            result.train_size = train_size
-            result.train_batch = train_batch
-            result.train_step_ms = statistics.median(train_times)
-            result.train_step_ms_runs = train_times
-            result.train_peak_mib = _peak_mib(step, device)
-            del optimizer, batch
-        results.append(result)
-        del model, x
+        gc.collect()  # CUDA graphs and their memory pools go with their Python objects
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return results
+
+
+def _bench_model(
+    name: str,
+    *,
+    device: torch.device,
+    size: tuple[int, int],
+    model_kwargs: Mapping[str, Any] | None,
+    train_size: tuple[int, int] | None,
+    train_batch: int,
+    repeat: int,
+    warmup: int,
+    amp: bool,
+    fast: bool,
+    fast_precision: str,
+    progress: Callable[[str], None] | None,
+) -> ModelResult:
+    from .acceleration import GraphedForward, GraphedTrainStep
+    from .training import RateDistortionLoss, build_model
+
+    width, height = size
+    if progress:
+        progress(f"{name}: building")
+    torch.manual_seed(0)
+    model = build_model(name, model_kwargs or {}).to(device).eval()
+    x = torch.rand(1, 3, height, width, device=device)
+
+    def forward(model: nn.Module = model, x: torch.Tensor = x) -> None:
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            model(x, training=False)
+
+    if progress:
+        progress(f"{name}: eval forward at {width}x{height}")
+    counted, wkv = count_flops(forward)  # doubles as the first warm-up run
+    times = _time_ms(forward, device, repeat, warmup)
+    peak = _peak_mib(forward, device)
+    result = ModelResult(
+        model=name,
+        params=_params(model),
+        size=size,
+        flops_counted=counted,
+        flops_biwkv4=wkv,
+        eval_ms=statistics.median(times),
+        eval_ms_runs=times,
+        eval_peak_mib=peak,
+    )
+    if fast:
+        if progress:
+            progress(f"{name}: eval forward, CUDA graph, {fast_precision}")
+        torch.cuda.empty_cache()
+        graphed = GraphedForward(model, precision=fast_precision)
+
+        def fast_forward(graphed: GraphedForward = graphed, x: torch.Tensor = x) -> Any:
+            return graphed(x)
+
+        result.fast_precision = fast_precision
+        result.eval_fast_ms_runs = _time_ms(fast_forward, device, repeat, warmup + 1)
+        result.eval_fast_ms = statistics.median(result.eval_fast_ms_runs)
+        result.eval_fast_reserved_mib = torch.cuda.memory_reserved(device) / 2**20
+        with torch.no_grad():
+            exact = _bits(model(x, training=False))
+        result.eval_fast_bits_rel_diff = abs(_bits(fast_forward()) - exact) / exact
+        del graphed
+    if train_size is not None:
+        if progress:
+            progress(f"{name}: training step at {train_batch}x{train_size[0]}x{train_size[1]}")
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        criterion = RateDistortionLoss(0.013)
+        batch = torch.rand(train_batch, 3, train_size[1], train_size[0], device=device)
+
+        def step(
+            model: nn.Module = model,
+            batch: torch.Tensor = batch,
+            optimizer: torch.optim.Optimizer = optimizer,
+            criterion: RateDistortionLoss = criterion,
+        ) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                out = model(batch)
+            criterion(out, batch)["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+        train_times = _time_ms(step, device, repeat, warmup)
+        result.train_size = train_size
+        result.train_batch = train_batch
+        result.train_step_ms = statistics.median(train_times)
+        result.train_step_ms_runs = train_times
+        result.train_peak_mib = _peak_mib(step, device)
+        del optimizer
+        if fast:
+            if progress:
+                progress(f"{name}: training step, CUDA graph, bf16, channels-last")
+            torch.cuda.empty_cache()
+            model.to(memory_format=torch.channels_last)
+            fused = torch.optim.Adam(
+                model.parameters(), lr=torch.tensor(1e-4, device=device), fused=True,
+                capturable=True,
+            )  # fmt: skip
+            cl_batch = batch.contiguous(memory_format=torch.channels_last)
+            graphed_step = GraphedTrainStep(
+                model, fused, criterion, cl_batch, amp=True, max_norm=1.0
+            )
+
+            def fast_step(
+                graphed_step: GraphedTrainStep = graphed_step,
+                cl_batch: torch.Tensor = cl_batch,
+            ) -> None:
+                graphed_step(cl_batch)
+
+            result.train_fast_ms_runs = _time_ms(fast_step, device, repeat, warmup)
+            result.train_fast_ms = statistics.median(result.train_fast_ms_runs)
+            result.train_fast_reserved_mib = torch.cuda.memory_reserved(device) / 2**20
+            del graphed_step, fused, cl_batch
+            model.to(memory_format=torch.contiguous_format)
+        del batch
+    return result
+
+
+def _bits(output: Mapping[str, Any]) -> float:
+    """Estimated bits of a forward pass: Σ −log₂ p over all likelihoods, in float64."""
+    return float(sum(-torch.log2(p.double()).sum() for p in output["likelihoods"].values()))
 
 
 @dataclass
@@ -428,6 +543,34 @@ def format_model_table(results: Sequence[ModelResult], baseline: str = "hpcm-bas
             f"({r.flops_counted / 1e9:.1f} + {r.flops_biwkv4 / 1e9:.2f}) | {r.eval_ms:.1f} | "
             f"{_fmt(r.eval_peak_mib, '.0f')} | {_fmt(r.train_step_ms, '.1f')} | "
             f"{_fmt(r.train_peak_mib, '.0f')} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def format_fast_table(results: Sequence[ModelResult]) -> str:
+    """Markdown table of the fast paths against the eager baseline of the same run (models
+    measured with ``fast``; empty if none was)."""
+    rows = [r for r in results if r.eval_fast_ms is not None]
+    if not rows:
+        return ""
+    lines = [
+        "| model | eval ms: eager fp32 | eval ms: graph "
+        f"{rows[0].fast_precision} | speed-up | bits rel. diff | train ms: eager fp32 | "
+        "train ms: graph bf16 | speed-up | train reserved MiB (fast) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        eval_gain = r.eval_ms / r.eval_fast_ms if r.eval_fast_ms else math.nan
+        train_gain = (
+            r.train_step_ms / r.train_fast_ms
+            if r.train_step_ms is not None and r.train_fast_ms
+            else math.nan
+        )
+        lines.append(
+            f"| {r.model} | {r.eval_ms:.1f} | {r.eval_fast_ms:.1f} | {eval_gain:.1f}x | "
+            f"{_fmt(r.eval_fast_bits_rel_diff, '.1e')} | {_fmt(r.train_step_ms, '.1f')} | "
+            f"{_fmt(r.train_fast_ms, '.1f')} | {_fmt(train_gain, '.1f')}x | "
+            f"{_fmt(r.train_fast_reserved_mib, '.0f')} |"
         )
     return "\n".join(lines)
 

@@ -12,8 +12,10 @@ from hpcm_models.errors import HPCMError
 HELP = "measure parameters, FLOPs, latency and memory of the models and context cells"
 
 EPILOG = """\
-Defaults: on CUDA, eval at 768x512 (Kodak) and training steps of 8 x 256x256; on CPU, eval at
-256x256 and training steps of 1 x 256x256. Peak memory is measured on CUDA only.
+Defaults: on CUDA, eval at 768x512 (Kodak) and training steps of 16 x 256x256; on CPU, eval at
+256x256 and training steps of 1 x 256x256. Peak memory is measured on CUDA only. On CUDA the
+fast paths (CUDA graphs, bf16, fused Adam; docs/performance.md) are measured too, against the
+eager float32 baseline of the same run.
 
 examples:
   hpcm bench --device cuda --json bench-h200.json
@@ -55,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--size", type=_size, help="eval input WIDTHxHEIGHT, multiples of 128")
     p.add_argument("--train-size", type=_size, default=(256, 256), help="training crop size")
-    p.add_argument("--train-batch", type=int, help="training batch (default: 8 CUDA, 1 CPU)")
+    p.add_argument("--train-batch", type=int, help="training batch (default: 16 CUDA, 1 CPU)")
     p.add_argument("--no-train", action="store_true", help="skip the training steps")
     p.add_argument("--no-cells", action="store_true", help="skip the context-cell benchmark")
     p.add_argument(
@@ -68,7 +70,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cell-dim", type=int, default=640, help="cell channels, 2M (default: 640)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
-    p.add_argument("--amp", choices=("off", "bf16"), default="off", help="bf16 autocast")
+    p.add_argument(
+        "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast of the baseline"
+    )
+    p.add_argument("--no-fast", action="store_true", help="skip the fast paths (CUDA graphs)")
+    p.add_argument(
+        "--fast-precision",
+        choices=("fp32", "tf32", "bf16"),
+        default="bf16",
+        help="arithmetic of the fast eval forward (default: bf16)",
+    )
     p.add_argument("--json", type=Path, metavar="OUT", help="write all results as JSON")
     p.set_defaults(run=run)
 
@@ -82,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         bench_cells,
         bench_models,
         format_cell_table,
+        format_fast_table,
         format_model_table,
         machine_info,
     )
@@ -102,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         )
     cuda = device.type == "cuda"
     size = args.size or ((768, 512) if cuda else (256, 256))
-    train_batch = args.train_batch or (8 if cuda else 1)
+    train_batch = args.train_batch or (16 if cuda else 1)
     m = HPCM.INPUT_MULTIPLE
     for flag, (w, h) in (("--size", size), ("--train-size", args.train_size)):
         if w % m or h % m:
@@ -128,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
             "repeat": args.repeat,
             "warmup": args.warmup,
             "amp": args.amp,
+            "fast": not args.no_fast and cuda,
+            "fast_precision": args.fast_precision,
             "cell_dim": args.cell_dim,
             "cell_sizes": None if args.no_cells else args.cell_sizes,
         },
@@ -146,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
                 repeat=args.repeat,
                 warmup=args.warmup,
                 amp=args.amp == "bf16",
+                fast=not args.no_fast,
+                fast_precision=args.fast_precision,
                 progress=progress,
             )
         except (TypeError, ValueError) as err:
@@ -157,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\nModels (eval forward at {size[0]}x{size[1]}, batch 1{train_note}; {device}):")
         print(format_model_table(models))
+        fast_table = format_fast_table(models)
+        if fast_table:
+            print(f"\nFast paths against the eager float32 baseline ({device}):")
+            print(fast_table)
         payload["models"] = [as_dict(r) for r in models]
     if not args.no_cells:
         cells = bench_cells(
