@@ -241,9 +241,10 @@ def test_spatial_mix_sees_the_whole_map() -> None:
     assert x.grad[0, :, 3:, :].abs().sum() == 0
 
 
-def test_forward_tokens_equals_forward() -> None:
+@pytest.mark.parametrize("make", [BiRWKVBlock, OmniShift])
+def test_forward_tokens_equals_forward(make) -> None:
     torch.manual_seed(0)
-    m = BiRWKVBlock(DIM)
+    m = make(DIM)
     x = torch.randn(2, DIM, 5, 3)
     tokens = x.flatten(2).transpose(1, 2)  # raster order
     y = m.forward_tokens(tokens, (5, 3))
@@ -303,8 +304,9 @@ def test_non_tensors_and_integer_maps_raise_type_error() -> None:
         BiRWKVBlock(DIM)(torch.ones(1, DIM, 2, 2, dtype=torch.long))
 
 
-def test_bad_tokens_raise_value_error() -> None:
-    m = BiRWKVBlock(DIM)
+@pytest.mark.parametrize("make", [BiRWKVBlock, OmniShift])
+def test_bad_tokens_raise_value_error(make) -> None:
+    m = make(DIM)
     with pytest.raises(ValueError, match=r"T=H\*W=12"):
         m.forward_tokens(torch.randn(1, 11, DIM), (3, 4))
     with pytest.raises(ValueError, match="size="):

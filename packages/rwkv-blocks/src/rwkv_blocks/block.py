@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ._checks import check_dim, check_map, check_tokens
+from ._checks import check_dim, check_tokens
+from ._tokens import TokenMixer
 from .channel_mix import ChannelMix
 from .spatial_mix import SpatialMix
 
 __all__ = ["BiRWKVBlock"]
 
 
-class BiRWKVBlock(nn.Module):
+class BiRWKVBlock(TokenMixer):
     """Pre-norm residual Bi-RWKV block (LALIC, Feng et al., CVPR 2025, fig. 2; Vision-RWKV).
 
         x ← x + γ1 ⊙ SpatialMix(LN1(x))
@@ -57,12 +57,6 @@ class BiRWKVBlock(nn.Module):
         self.channel_mix = ChannelMix(dim, hidden_rate, **factory)
         self.gamma1 = nn.Parameter(torch.ones(dim, **factory))
         self.gamma2 = nn.Parameter(torch.ones(dim, **factory))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the block to ``x`` ``[B, C, H, W]``; returns ``[B, C, H, W]``."""
-        H, W = check_map(x, self.dim)
-        y = self.forward_tokens(rearrange(x, "b c h w -> b (h w) c"), (H, W))
-        return rearrange(y, "b (h w) c -> b c h w", h=H, w=W)
 
     def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Apply the block to the raster-order tokens ``x`` ``[B, H·W, C]`` of an H×W map."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from ._checks import check_dim, check_map, check_tokens, hidden_dim
+from ._checks import check_dim, check_tokens, hidden_dim
+from ._tokens import TokenMixer
 from .omnishift import OmniShift
 
 __all__ = ["ChannelMix"]
 
 
-class ChannelMix(nn.Module):
+class ChannelMix(TokenMixer):
     """Per-token gated feed-forward: the Channel Mix of RWKV-4 and Vision-RWKV (Duan et al., 2024).
 
     With ``x̃ = OmniShift(x)`` and ``hidden = int(hidden_rate · C)``,
@@ -51,17 +51,10 @@ class ChannelMix(nn.Module):
         self.value = nn.Linear(self.hidden_dim, dim, bias=False, **factory)
         self.receptance = nn.Linear(dim, dim, bias=False, **factory)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mix ``x`` ``[B, C, H, W]``; returns ``[B, C, H, W]``."""
-        H, W = check_map(x, self.dim)
-        y = self.forward_tokens(rearrange(x, "b c h w -> b (h w) c"), (H, W))
-        return rearrange(y, "b (h w) c -> b c h w", h=H, w=W)
-
     def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Mix raster-order tokens ``x`` ``[B, H·W, C]`` of an ``size = (H, W)`` map."""
         H, W = check_tokens(x, self.dim, size)
-        x = self.omni_shift(rearrange(x, "b (h w) c -> b c h w", h=H, w=W))
-        x = rearrange(x, "b c h w -> b (h w) c")
+        x = self.omni_shift.forward_tokens(x, (H, W))
         k = torch.square(torch.relu(self.key(x)))
         return torch.sigmoid(self.receptance(x)) * self.value(k)
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-from ._checks import check_dim, check_map
+from ._checks import check_dim, check_map, check_tokens
 
 __all__ = ["OmniShift", "reparameterize_model"]
 
@@ -74,6 +75,14 @@ class OmniShift(nn.Module):
         # function, but backward needs only `x` saved (not every branch output, which the gradient
         # of each α would otherwise keep alive).
         return F.conv2d(x, self.fused_weight(), padding=2, groups=self.dim)
+
+    def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Shift the raster-order tokens ``x`` ``[B, H·W, C]`` of an ``size = (H, W)`` map;
+        returns tokens. (A ``[B, T, C]`` tensor seen as ``[B, C, H, W]`` is a channels-last view:
+        no copy either way.)"""
+        H, W = check_tokens(x, self.dim, size)
+        y = self(rearrange(x, "b (h w) c -> b c h w", h=H, w=W))
+        return rearrange(y, "b c h w -> b (h w) c")
 
     @torch.no_grad()
     def reparameterize(self) -> None:

@@ -6,18 +6,18 @@ import math
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from biwkv4_kernel import biwkv4
 
-from ._checks import check_dim, check_map, check_tokens
+from ._checks import check_dim, check_tokens
+from ._tokens import TokenMixer
 from .omnishift import OmniShift
 
 __all__ = ["SpatialMix"]
 
 
-class SpatialMix(nn.Module):
+class SpatialMix(TokenMixer):
     """Bidirectional WKV attention over a map: the Spatial Mix of Vision-RWKV (Duan et al., 2024).
 
     With ``x̃ = OmniShift(x)`` flattened to ``T = H·W`` tokens in raster order,
@@ -72,18 +72,10 @@ class SpatialMix(nn.Module):
         zigzag = torch.tensor([(c + 1) % 3 - 1 for c in range(self.dim)], dtype=torch.float64)
         self.boost.copy_(math.log(0.3) + 0.5 * zigzag)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mix ``x`` ``[B, C, H, W]``; returns ``[B, C, H, W]``."""
-        H, W = check_map(x, self.dim)
-        y = self.forward_tokens(rearrange(x, "b c h w -> b (h w) c"), (H, W))
-        return rearrange(y, "b (h w) c -> b c h w", h=H, w=W)
-
     def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Mix raster-order tokens ``x`` ``[B, H·W, C]`` of an ``size = (H, W)`` map."""
         H, W = check_tokens(x, self.dim, size)
-        # A [B, T, C] tensor seen as [B, C, H, W] is a channels-last view: no copy either way.
-        x = self.omni_shift(rearrange(x, "b (h w) c -> b c h w", h=H, w=W))
-        x = rearrange(x, "b c h w -> b (h w) c")
+        x = self.omni_shift.forward_tokens(x, (H, W))
         k, v, r = self.key(x), self.value(x), self.receptance(x)
         T = H * W
         # The op accumulates in (at least) float32 whatever k's dtype; hand it w and u in at least
