@@ -29,7 +29,12 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hpcm_models.acceleration import GraphedForward, GraphedTrainStep, precision
+from hpcm_models.acceleration import (
+    GraphedForward,
+    GraphedTrainStep,
+    capturable_adam,
+    precision,
+)
 from hpcm_models.benchmark import machine_info, parse_size
 from hpcm_models.training import RateDistortionLoss, build_model
 
@@ -113,9 +118,7 @@ def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> 
         **profiled(eager_step, 1, args.top),
     }
     model.to(memory_format=torch.channels_last)
-    fused = torch.optim.Adam(
-        model.parameters(), lr=torch.tensor(1e-4, device=device), fused=True, capturable=True
-    )
+    fused = capturable_adam(model.parameters(), 1e-4, device)
     cl_batch = batch.contiguous(memory_format=torch.channels_last)
     step = GraphedTrainStep(model, fused, criterion, cl_batch, amp=True, max_norm=1.0)
     rows["train, graph bf16"] = {

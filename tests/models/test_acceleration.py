@@ -14,6 +14,8 @@ from hpcm_models.acceleration import (
     GraphChain,
     GraphedForward,
     GraphedTrainStep,
+    RecentGraphs,
+    capturable_adam,
     fp32_precision,
     precision,
 )
@@ -71,6 +73,40 @@ def test_graphs_need_cuda() -> None:
     optimizer = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="GraphedTrainStep needs a CUDA device"):
         GraphedTrainStep(model, optimizer, RateDistortionLoss(0.01), torch.rand(1, 3, 128, 128))
+
+
+def test_recent_graphs_keeps_the_most_recently_used() -> None:
+    built: list[str] = []
+
+    def build(key: str):
+        return lambda: built.append(key) or f"graph {key}"
+
+    cache = RecentGraphs(2)
+    assert cache.get("a", build("a")) == "graph a"
+    assert cache.get("b", build("b")) == "graph b"
+    assert cache.get("a", build("a")) == "graph a"  # cached: not rebuilt, now the most recent
+    assert cache.get("c", build("c")) == "graph c"  # drops b, the least recently used
+    assert built == ["a", "b", "c"]
+    assert cache.keys() == ["a", "c"]
+    assert "b" not in cache
+    assert len(cache) == 2
+    with pytest.raises(ValueError, match="max_entries to be an int >= 1"):
+        RecentGraphs(0)
+
+
+def test_capturable_adam_has_tensor_learning_rates_per_group() -> None:
+    fast, slow = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
+    optimizer = capturable_adam([{"params": [fast], "lr": 1e-3}, {"params": [slow]}], 1e-4, "cpu")
+    assert optimizer.defaults["fused"]
+    assert optimizer.defaults["capturable"]
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    assert all(isinstance(lr, torch.Tensor) for lr in lrs)
+    assert [float(lr) for lr in lrs] == pytest.approx([1e-3, 1e-4])
+    assert [group["params"] for group in optimizer.param_groups] == [[fast], [slow]]
+    # Plain parameters make one group, as for any optimizer.
+    plain = capturable_adam(iter([fast, slow]), 1e-4, "cpu")
+    assert [group["params"] for group in plain.param_groups] == [[fast, slow]]
+    assert isinstance(plain.param_groups[0]["lr"], torch.Tensor)
 
 
 def test_channels_last_gives_the_same_forward() -> None:
@@ -201,9 +237,8 @@ class _Net(nn.Module):
         return {"x_hat": x_hat, "likelihoods": {"y": torch.sigmoid(x_hat) * 0.5 + 0.25}}
 
 
-def _fused_adam(model: nn.Module, **kwargs) -> torch.optim.Adam:
-    lr = torch.tensor(1e-2, device="cuda")
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=True, **kwargs)
+def _fused_adam(model: nn.Module) -> torch.optim.Adam:
+    return capturable_adam(model.parameters(), 1e-2, "cuda")
 
 
 @pytest.mark.cuda

@@ -8,7 +8,7 @@ with _warnings.catch_warnings():
     _warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     import compressai as _compressai  # noqa: F401
 
-from .acceleration import GraphChain, GraphedForward, GraphedTrainStep
+from .acceleration import GraphChain, GraphedForward, GraphedTrainStep, capturable_adam
 from .codec import (
     ImageCodec,
     compress_file,
@@ -96,6 +96,7 @@ __all__ = [
     "WeightsMismatchError",
     "__version__",
     "available_models",
+    "capturable_adam",
     "compress_file",
     "decode_image",
     "decompress_file",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,7 +34,9 @@ __all__ = [
     "GraphChain",
     "GraphedForward",
     "GraphedTrainStep",
+    "RecentGraphs",
     "Split",
+    "capturable_adam",
     "check_precision",
     "fp32_precision",
     "precision",
@@ -301,6 +303,62 @@ def _clone(value: Any) -> Any:
     return value
 
 
+class RecentGraphs:
+    """At most ``max_entries`` values (graph chains and their static inputs) by key, the least
+    recently used dropped first: a CUDA graph holds its memory pool, so per-shape caches must be
+    bounded. ``get(key, build)`` returns the cached value or stores ``build()``."""
+
+    def __init__(self, max_entries: int) -> None:
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"expected max_entries to be an int >= 1, got {max_entries!r}")
+        self.max_entries = max_entries
+        self._entries: dict[Any, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def keys(self) -> list[Any]:
+        """Keys from least to most recently used."""
+        return list(self._entries)
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        value = self._entries.pop(key, None)
+        if value is None:
+            value = build()
+            while len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = value
+        return value
+
+
+def capturable_adam(
+    params: Iterable[Any], lr: float, device: torch.device | str
+) -> torch.optim.Adam:
+    """``torch.optim.Adam`` as :class:`GraphedTrainStep` needs it: fused, capturable, and with
+    every learning rate (``lr`` and each param group's own) a tensor on ``device``, so that
+    schedulers update it in place instead of it being frozen into the graph.
+
+    Args:
+        params: parameters, or param groups (dicts, as for any optimizer).
+        lr: the default learning rate.
+        device: the parameters' CUDA device.
+    """
+    items = list(params)
+    if items and all(isinstance(g, dict) for g in items):
+        groups = [
+            {**g, "lr": torch.tensor(float(g["lr"]), device=device)} if "lr" in g else g
+            for g in items
+        ]
+    else:
+        groups = [{"params": items}]
+    return torch.optim.Adam(
+        groups, lr=torch.tensor(float(lr), device=device), fused=True, capturable=True
+    )
+
+
 class GraphedForward:
     """``model(x, training=False)`` under no-grad, replayed from a CUDA graph per input shape.
 
@@ -322,30 +380,26 @@ class GraphedForward:
     def __init__(self, model: nn.Module, precision: str = "bf16", max_shapes: int = 4) -> None:
         self.model = model
         self.precision = check_precision(precision)
-        self.max_shapes = max_shapes
-        self._graphs: dict[tuple[Any, ...], tuple[torch.Tensor, GraphChain]] = {}
+        self._graphs = RecentGraphs(max_shapes)
 
     def __call__(self, x: torch.Tensor) -> dict[str, Any]:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
         _require_cuda(x.device, "GraphedForward")
         key = (tuple(x.shape), x.dtype, x.device)
-        entry = self._graphs.pop(key, None)
-        if entry is None:
-            static = x.detach().clone()
-            model, mode = self.model, self.precision
-
-            def body(split: Split) -> Any:
-                with torch.no_grad(), precision(mode, static.device):
-                    return model(static, training=False)
-
-            entry = (static, GraphChain(body, x.device))
-            while len(self._graphs) >= self.max_shapes:
-                self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[key] = entry
-        static, chain = entry
+        static, chain = self._graphs.get(key, lambda: self._capture(x))
         static.copy_(x)
         return _clone(chain.replay())
+
+    def _capture(self, x: torch.Tensor) -> tuple[torch.Tensor, GraphChain]:
+        static = x.detach().clone()
+        model, mode = self.model, self.precision
+
+        def body(split: Split) -> Any:
+            with torch.no_grad(), precision(mode, static.device):
+                return model(static, training=False)
+
+        return static, GraphChain(body, x.device)
 
 
 class GraphedTrainStep:
@@ -361,10 +415,10 @@ class GraphedTrainStep:
     CUDA generator, which graphs replay correctly: seed it before a step for reproducibility.
 
     Requirements, checked: a CUDA model; ``torch.optim.Adam`` or ``AdamW`` with ``fused=True``
-    and ``capturable=True``; learning rates as CUDA tensors if they are to change between
-    steps (a float learning rate is frozen into the graph; LR schedulers update tensor learning
-    rates in place). The optimizer state is created at construction if missing (with the update
-    skipped, so nothing changes).
+    and ``capturable=True`` (:func:`capturable_adam` builds one); learning rates as CUDA tensors
+    if they are to change between steps (a float learning rate is frozen into the graph; LR
+    schedulers update tensor learning rates in place). The optimizer state is created at
+    construction if missing (with the update skipped, so nothing changes).
 
     Args:
         model: the model, in training mode, on a CUDA device.

@@ -306,7 +306,7 @@ def _bench_model(
     fast_precision: str,
     progress: Callable[[str], None] | None,
 ) -> ModelResult:
-    from .acceleration import GraphedForward, GraphedTrainStep
+    from .acceleration import GraphedForward, GraphedTrainStep, capturable_adam
     from .training import RateDistortionLoss, build_model
 
     width, height = size
@@ -385,10 +385,7 @@ def _bench_model(
                 progress(f"{name}: training step, CUDA graph, bf16, channels-last")
             torch.cuda.empty_cache()
             model.to(memory_format=torch.channels_last)
-            fused = torch.optim.Adam(
-                model.parameters(), lr=torch.tensor(1e-4, device=device), fused=True,
-                capturable=True,
-            )  # fmt: skip
+            fused = capturable_adam(model.parameters(), 1e-4, device)
             cl_batch = batch.contiguous(memory_format=torch.channels_last)
             graphed_step = GraphedTrainStep(
                 model, fused, criterion, cl_batch, amp=True, max_norm=1.0

@@ -46,7 +46,14 @@ import torch.nn.functional as F
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from PIL import Image, ImageOps
 
-from .acceleration import GraphChain, Split, check_precision, fp32_precision, precision
+from .acceleration import (
+    GraphChain,
+    RecentGraphs,
+    Split,
+    check_precision,
+    fp32_precision,
+    precision,
+)
 from .container import (
     HASH_BYTES,
     Header,
@@ -718,7 +725,7 @@ class ImageCodec:
         }
         self.weights_hash = weights_hash(model)
         self.config_hash = config_hash(model, self.model_id)
-        self._graphs: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, GraphChain]] = {}
+        self._graphs = RecentGraphs(self.MAX_GRAPHS)
         self._seen: set[tuple[str, tuple[int, ...]]] = set()
         self._ranges: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -734,17 +741,15 @@ class ImageCodec:
         if self.device.type != "cuda" or self.cuda_graphs is False:
             return None
         key = (kind, tuple(example.shape))
-        entry = self._graphs.pop(key, None)
-        if entry is None:
-            if self.cuda_graphs is None and key not in self._seen:
-                self._seen.add(key)
-                return None
+        if self.cuda_graphs is None and key not in self._graphs and key not in self._seen:
+            self._seen.add(key)
+            return None
+
+        def capture() -> tuple[torch.Tensor, GraphChain]:
             static = torch.zeros_like(example)
-            entry = (static, GraphChain(lambda split: body(static, split), self.device))
-            while len(self._graphs) >= self.MAX_GRAPHS:
-                self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[key] = entry
-        return entry
+            return static, GraphChain(lambda split: body(static, split), self.device)
+
+        return self._graphs.get(key, capture)
 
     @contextlib.contextmanager
     def _coding(self) -> Iterator[None]:

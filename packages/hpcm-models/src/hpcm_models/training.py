@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .acceleration import GraphedTrainStep
+from .acceleration import GraphedTrainStep, capturable_adam
 from .errors import CheckpointError, HPCMError
 from .hpcm.config import HPCMConfig
 from .hpcm.model import CODING_BUFFERS, HPCM
@@ -872,13 +872,9 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
     decay_lr = cfg.decay_lr if cfg.decay_lr is not None else cfg.lr / 10
     groups = rwkv_param_groups(model, lr=cfg.lr, decay_lr=decay_lr)
     if graphs:
-        # A float learning rate would be frozen into the graph; tensors are updated in place by
-        # the scheduler.
-        for group in groups:
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
-        optimizer = torch.optim.Adam(
-            groups, lr=torch.tensor(cfg.lr, device=device), fused=True, capturable=True
-        )
+        # Tensor learning rates, which the scheduler updates in place (a float would be frozen
+        # into the graph).
+        optimizer = capturable_adam(groups, cfg.lr, device)
     else:
         optimizer = torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.lr_milestones is None:
