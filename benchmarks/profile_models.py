@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,23 +34,14 @@ from hpcm_models.acceleration import (
     capturable_adam,
     precision,
 )
-from hpcm_models.benchmark import machine_info, parse_size
+from hpcm_models.benchmark import machine_info, parse_size, time_ms
 from hpcm_models.training import RateDistortionLoss, build_model
 
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
 
 
-def wall_ms(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def wall_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeat: int = 5) -> float:
+    return statistics.median(time_ms(fn, device, repeat, warmup))
 
 
 def profiled(fn: Callable[[], Any], runs: int, top: int) -> dict[str, Any]:
@@ -100,7 +90,7 @@ def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> 
     }
     rows: dict[str, Any] = {}
     for label, fn in cases.items():
-        rows[label] = {"wall_ms": wall_ms(fn), **profiled(fn, 2, args.top)}
+        rows[label] = {"wall_ms": wall_ms(fn, device), **profiled(fn, 2, args.top)}
 
     model.train()
     batch = torch.rand(args.train_batch, 3, th, tw, device=device)
@@ -114,7 +104,7 @@ def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> 
         adam.step()
 
     rows["train, eager (defaults)"] = {
-        "wall_ms": wall_ms(eager_step, 2, 4),
+        "wall_ms": wall_ms(eager_step, device, 2, 4),
         **profiled(eager_step, 1, args.top),
     }
     model.to(memory_format=torch.channels_last)
@@ -122,7 +112,7 @@ def profile_model(name: str, args: argparse.Namespace, device: torch.device) -> 
     cl_batch = batch.contiguous(memory_format=torch.channels_last)
     step = GraphedTrainStep(model, fused, criterion, cl_batch, amp=True, max_norm=1.0)
     rows["train, graph bf16"] = {
-        "wall_ms": wall_ms(lambda: step(cl_batch), 2, 4),
+        "wall_ms": wall_ms(lambda: step(cl_batch), device, 2, 4),
         **profiled(lambda: step(cl_batch), 1, args.top),
     }
     return rows

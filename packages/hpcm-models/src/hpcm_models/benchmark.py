@@ -44,6 +44,7 @@ __all__ = [
     "format_model_table",
     "machine_info",
     "parse_size",
+    "time_ms",
 ]
 
 #: FLOPs per element ``(b, t, c)`` of the forward Bi-WKV (Vision-RWKV eq. 4 as a two-pass
@@ -158,7 +159,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_ms(fn: Callable[[], Any], device: torch.device, repeat: int, warmup: int) -> list[float]:
+def time_ms(fn: Callable[[], Any], device: torch.device, repeat: int, warmup: int) -> list[float]:
+    """Wall times (ms) of ``repeat`` calls of ``fn()`` after ``warmup`` untimed ones, each
+    synchronized with the device (CUDA)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -323,7 +326,7 @@ def _bench_model(
     if progress:
         progress(f"{name}: eval forward at {width}x{height}")
     counted, wkv = count_flops(forward)  # doubles as the first warm-up run
-    times = _time_ms(forward, device, repeat, warmup)
+    times = time_ms(forward, device, repeat, warmup)
     peak = _peak_mib(forward, device)
     result = ModelResult(
         model=name,
@@ -345,7 +348,7 @@ def _bench_model(
             return graphed(x)
 
         result.fast_precision = fast_precision
-        result.eval_fast_ms_runs = _time_ms(fast_forward, device, repeat, warmup + 1)
+        result.eval_fast_ms_runs = time_ms(fast_forward, device, repeat, warmup + 1)
         result.eval_fast_ms = statistics.median(result.eval_fast_ms_runs)
         result.eval_fast_reserved_mib = torch.cuda.memory_reserved(device) / 2**20
         with torch.no_grad():
@@ -373,7 +376,7 @@ def _bench_model(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
-        train_times = _time_ms(step, device, repeat, warmup)
+        train_times = time_ms(step, device, repeat, warmup)
         result.train_size = train_size
         result.train_batch = train_batch
         result.train_step_ms = statistics.median(train_times)
@@ -397,7 +400,7 @@ def _bench_model(
             ) -> None:
                 graphed_step(cl_batch)
 
-            result.train_fast_ms_runs = _time_ms(fast_step, device, repeat, warmup)
+            result.train_fast_ms_runs = time_ms(fast_step, device, repeat, warmup)
             result.train_fast_ms = statistics.median(result.train_fast_ms_runs)
             result.train_fast_reserved_mib = torch.cuda.memory_reserved(device) / 2**20
             del graphed_step, fused, cl_batch
@@ -473,7 +476,7 @@ def bench_cells(
                     cell(x_t, h_prev)
 
             counted, wkv = count_flops(forward)
-            fwd = statistics.median(_time_ms(forward, device, repeat, warmup))
+            fwd = statistics.median(time_ms(forward, device, repeat, warmup))
             fwd_peak = _peak_mib(forward, device)
             fwd_bwd = fwd_bwd_peak = None
             if backward:
@@ -487,7 +490,7 @@ def bench_cells(
                     cell.zero_grad(set_to_none=True)
                     x_g.grad = h_g.grad = None
 
-                fwd_bwd = statistics.median(_time_ms(train_step, device, repeat, warmup))
+                fwd_bwd = statistics.median(time_ms(train_step, device, repeat, warmup))
                 fwd_bwd_peak = _peak_mib(train_step, device)
             results.append(
                 CellResult(
