@@ -31,6 +31,7 @@ from hpcm_models import (
 from hpcm_models.hpcm.model import CODING_BUFFERS
 from hpcm_models.layers import Conv1x1, CrossAttentionCell, SpatialPrior
 from hpcm_models.phases import DEFAULT_CELL_HIDDEN_RATES, REPLACEABLE_MODULES
+from hpcm_models.presets import SMALL_MODELS
 from rwkv_blocks import BiRWKVBlock, RWKVContextCell, RWKVFusionNet, SpatialMix, rwkv_param_groups
 
 # Narrow transforms keep the tests fast; the context model and the schedule are the real ones.
@@ -101,7 +102,8 @@ def coders(baseline_state) -> dict[str, HPCMRWKV]:
 
 
 def test_registry_and_exports() -> None:
-    assert available_models() == ["hpcm-base", "hpcm-large", *PHASE_NAMES]
+    builtin = ["hpcm-base", "hpcm-large", *PHASE_NAMES]
+    assert available_models() == sorted([*builtin, *SMALL_MODELS])
     for name, cls in PHASES.items():
         assert compressai_registry.MODELS[name] is cls
         assert issubclass(cls, HPCMRWKV)

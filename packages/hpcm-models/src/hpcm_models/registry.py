@@ -52,7 +52,7 @@ def register_model(name: str) -> Callable[[T], T]:
 
 def _load_builtin_models() -> None:
     # Importing the model modules runs their @register_model decorators.
-    from . import hpcm, phases  # noqa: F401
+    from . import hpcm, phases, presets  # noqa: F401
 
 
 def available_models() -> list[str]:
