@@ -30,6 +30,7 @@ import csv
 import datetime as _dt
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import time
@@ -92,8 +93,11 @@ def train_command(run: dict[str, Any], data: Path, output: Path, steps: int) -> 
     return cmd
 
 
-def launch(runs: list[dict[str, Any]], data: Path, output: Path, steps: int) -> dict[str, Any]:
-    """Start every run, wait for all; returns name → (return code, seconds)."""
+def launch(
+    runs: list[dict[str, Any]], data: Path, output: Path, steps: int, deadline: float = math.inf
+) -> dict[str, Any]:
+    """Start every run and wait for all, or stop them at ``deadline`` (``time.monotonic()``);
+    returns name → return code and seconds."""
     procs = {}
     for run in runs:
         directory = output / run["name"]
@@ -102,14 +106,31 @@ def launch(runs: list[dict[str, Any]], data: Path, output: Path, steps: int) -> 
         (directory / "command.txt").write_text(" ".join(cmd[1:]) + "\n")
         log = open(directory / "stdout.log", "w")  # noqa: SIM115 - closed below
         procs[run["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
-    start = time.perf_counter()
-    results = {}
-    for name, (proc, log) in procs.items():
-        rc = proc.wait()
-        log.close()
-        results[name] = {"returncode": rc, "seconds": round(time.perf_counter() - start, 1)}
-        if rc:
-            print(f"{name}: hpcm train exited {rc}; see {output / name / 'stdout.log'}")
+    start = time.monotonic()
+    results: dict[str, Any] = {}
+    while len(results) < len(procs):
+        for name, (proc, log) in procs.items():
+            if name in results:
+                continue
+            if time.monotonic() > deadline and proc.poll() is None:
+                # hpcm train saves latest.pt every quarter of the run: what it has stays usable.
+                print(f"{name}: stopped at the deadline", flush=True)
+                proc.terminate()
+                proc.wait()
+                results[name] = {"stopped_at_deadline": True}
+            elif proc.poll() is None:
+                continue
+            log.close()
+            results[name] = {
+                **results.get(name, {}),
+                "returncode": proc.returncode,
+                "seconds": round(time.monotonic() - start, 1),
+            }
+            if proc.returncode:
+                print(
+                    f"{name}: hpcm train exited {proc.returncode}; see {output / name}/stdout.log"
+                )
+        time.sleep(1)
     return results
 
 
@@ -174,7 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--time-budget", type=float, metavar="S", help="seconds for the real runs")
     p.add_argument("--probe-steps", type=int, default=150)
     p.add_argument("--export", type=Path, metavar="DIR", help="write fp16 weights here")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        metavar="S",
+        help="stop every run this many seconds after the start (their last saved state is "
+        "exported, marked in summary.json)",
+    )
     args = p.parse_args(argv)
+    deadline = time.monotonic() + args.deadline if args.deadline else math.inf
 
     runs = load_plan(args.plan)
     if args.only:
@@ -195,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"probe: {rate:.2f} steps/s for the slowest run: {steps} steps", flush=True)
     summary["steps"] = steps
-    summary["results"] = launch(runs, args.data, args.output, steps)
+    summary["results"] = launch(runs, args.data, args.output, steps, deadline)
     if args.export is not None:
         import torch
 
@@ -217,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
                 summary["results"][run["name"]]["val"] = val[-1]
     (args.output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
-    return 1 if any(r["returncode"] for r in summary["results"].values()) else 0
+    failed = any(
+        r["returncode"] and not r.get("stopped_at_deadline") for r in summary["results"].values()
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
