@@ -6,13 +6,22 @@ import compressai.registry.torch as compressai_registry
 import pytest
 import torch
 
-from hpcm_models import HPCMBase, HPCMPhase1, HPCMPhase2, HPCMPhase3, HPCMPhase4, get_model
+from hpcm_models import (
+    HPCMBase,
+    HPCMPhase1,
+    HPCMPhase1Lite,
+    HPCMPhase2,
+    HPCMPhase3,
+    HPCMPhase4,
+    get_model,
+)
 from hpcm_models.hpcm.config import HPCM_SMALL, HPCM_SMALL_NARROW
 from hpcm_models.presets import SMALL_MODELS
 
 FAMILY = {
     "hpcm-small": (HPCMBase, HPCM_SMALL),
     "hpcm-phase1-small": (HPCMPhase1, HPCM_SMALL),
+    "hpcm-phase1-lite-small": (HPCMPhase1Lite, HPCM_SMALL),
     "hpcm-phase2-small": (HPCMPhase2, HPCM_SMALL),
     "hpcm-phase3-small": (HPCMPhase3, HPCM_SMALL_NARROW),
     "hpcm-phase4-small": (HPCMPhase4, HPCM_SMALL_NARROW),
@@ -22,6 +31,7 @@ FAMILY = {
 PARAMETERS = {
     "hpcm-small": 3_627_387,
     "hpcm-phase1-small": 3_833_731,
+    "hpcm-phase1-lite-small": 3_594_363,
     "hpcm-phase2-small": 4_148_115,
     "hpcm-phase3-small": 3_885_571,
     "hpcm-phase4-small": 4_181_283,

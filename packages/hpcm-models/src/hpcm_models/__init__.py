@@ -47,6 +47,7 @@ from .hpcm import (
 from .phases import (
     HPCMRWKV,
     HPCMPhase1,
+    HPCMPhase1Lite,
     HPCMPhase2,
     HPCMPhase3,
     HPCMPhase4,
@@ -82,6 +83,7 @@ __all__ = [
     "HPCMError",
     "HPCMLarge",
     "HPCMPhase1",
+    "HPCMPhase1Lite",
     "HPCMPhase2",
     "HPCMPhase3",
     "HPCMPhase4",

@@ -13,6 +13,7 @@ name                        built on        defaults besides M=64, N=64
 ==========================  ==============  =================================================
 ``hpcm-small``              HPCM-Base       ``HPCM_SMALL``
 ``hpcm-phase1-small``       phase 1         ``HPCM_SMALL``
+``hpcm-phase1-lite-small``  phase 1 lite    ``HPCM_SMALL``
 ``hpcm-phase2-small``       phase 2         ``HPCM_SMALL``
 ``hpcm-phase3-small``       phase 3         ``HPCM_SMALL_NARROW``, fusion hidden rate 2
 ``hpcm-phase4-small``       phase 4         ``HPCM_SMALL_NARROW``, cell hidden rates (1, 2, 2),
@@ -29,11 +30,12 @@ from typing import Any
 
 from .hpcm.config import HPCM_SMALL, HPCM_SMALL_NARROW, HPCMConfig
 from .hpcm.model import HPCM, HPCMBase
-from .phases.model import HPCMPhase1, HPCMPhase2, HPCMPhase3, HPCMPhase4
+from .phases.model import HPCMPhase1, HPCMPhase1Lite, HPCMPhase2, HPCMPhase3, HPCMPhase4
 from .registry import register_model
 
 __all__ = [
     "SMALL_MODELS",
+    "HPCMPhase1LiteSmall",
     "HPCMPhase1Small",
     "HPCMPhase2Small",
     "HPCMPhase3Small",
@@ -72,6 +74,12 @@ HPCMSmall = _small(
 HPCMPhase1Small = _small(
     HPCMPhase1, "hpcm-phase1-small", "Phase 1 at the small size (3.8 M parameters).", HPCM_SMALL
 )
+HPCMPhase1LiteSmall = _small(
+    HPCMPhase1Lite,
+    "hpcm-phase1-lite-small",
+    "Phase 1 with the lite context cell at the small size (3.6 M parameters).",
+    HPCM_SMALL,
+)
 HPCMPhase2Small = _small(
     HPCMPhase2, "hpcm-phase2-small", "Phase 2 at the small size (4.1 M parameters).", HPCM_SMALL
 )
@@ -98,6 +106,7 @@ HPCMPhase4Small = _small(
 SMALL_MODELS: tuple[str, ...] = (
     "hpcm-small",
     "hpcm-phase1-small",
+    "hpcm-phase1-lite-small",
     "hpcm-phase2-small",
     "hpcm-phase3-small",
     "hpcm-phase4-small",

@@ -23,6 +23,7 @@ BUILTIN_MODELS: tuple[str, ...] = (
     "hpcm-base",
     "hpcm-large",
     "hpcm-phase1",
+    "hpcm-phase1-lite",
     "hpcm-phase2",
     "hpcm-phase3",
     "hpcm-phase4",
