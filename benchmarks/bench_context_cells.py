@@ -328,12 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         payload["models"] = [as_dict(r) for r in models]
         save()
-        print(f"\nModels (eval forward at {size[0]}x{size[1]}, batch 1; {device}):")
-        print(format_model_table(models))
-        fast = format_fast_table(models)
-        if fast:
-            print(f"\nFast paths ({device}):")
-            print(fast)
+        tables = (format_model_table(models), format_fast_table(models))  # fast: CUDA only
+        print(f"\nModels (eval at {size[0]}x{size[1]}, batch 1; then fast paths; {device}):")
+        print("\n\n".join(t for t in tables if t))
 
     checks = target_checks(results, models)
     payload["checks"] = checks
