@@ -18,14 +18,14 @@ from .spatial_mix import init_wkv_parameters, wkv_tokens
 __all__ = ["RWKVContextCell", "RWKVContextCellLite", "RWKVFusionNet"]
 
 
-def _check_pair(x_t: object, h_prev: object, dim: int) -> None:
+def _check_pair(x_t: torch.Tensor, h_prev: torch.Tensor, dim: int) -> None:
     """``x_t`` and ``h_prev``: maps ``[B, dim, H, W]`` of one shape."""
     check_map(x_t, dim, "x_t")
     check_map(h_prev, dim, "h_prev")
-    if x_t.shape != h_prev.shape:  # type: ignore[union-attr]
+    if x_t.shape != h_prev.shape:
         raise ValueError(
             f"expected x_t and h_prev of the same shape [B, {dim}, H, W], "
-            f"got {list(x_t.shape)} and {list(h_prev.shape)}"  # type: ignore[union-attr]
+            f"got {list(x_t.shape)} and {list(h_prev.shape)}"
         )
 
 
@@ -144,8 +144,8 @@ class RWKVContextCellLite(nn.Module):
         B, C, H, W = x_t.shape
         if self.omni_shift is not None:
             h_prev = self.omni_shift(h_prev)
-        # Token views [B, T, C] of the channels-first maps: no copy; for B = 1 the matrix
-        # products read them as transposed operands, so nothing is copied at all.
+        # Token views [B, T, C] of the maps: no copy; for B = 1 the matrix products read a
+        # channels-first map as a transposed operand, so nothing is copied at all.
         x_tokens = x_t.flatten(2).transpose(1, 2)
         h_tokens = h_prev.flatten(2).transpose(1, 2)
         if B > 1:
@@ -155,7 +155,7 @@ class RWKVContextCellLite(nn.Module):
         k, v = self.key(h_tokens), self.value(h_tokens)
         gated = torch.sigmoid(self.receptance(x_tokens)) * wkv_tokens(self.decay, self.boost, k, v)
         update = self.output(gated).transpose(1, 2).view(B, C, H, W)
-        # x_t first: the sum takes x_t's (channels-first) layout.
+        # x_t first: the sum takes x_t's memory layout, not the update's transposed one.
         return x_t + update
 
     def extra_repr(self) -> str:

@@ -15,7 +15,8 @@ EPILOG = """\
 Defaults: on CUDA, eval at 768x512 (Kodak) and training steps of 16 x 256x256; on CPU, eval at
 256x256 and training steps of 1 x 256x256. Peak memory is measured on CUDA only. On CUDA the
 fast paths (CUDA graphs, bf16, fused Adam; docs/performance.md) are measured too, against the
-eager float32 baseline of the same run.
+eager float32 baseline of the same run, and the context cells are also timed replayed from CUDA
+graphs. benchmarks/bench_context_cells.py compares the cells in more precisions.
 
 examples:
   hpcm bench --device cuda --json bench-h200.json
@@ -41,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
         help=HELP,
-        description="Benchmark the models (base, large, phases 1-4) and the s3 context cells.",
+        description="Benchmark the models (base, large, phases 1-4, phase 1 lite) and the s3 "
+        "context cells.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -51,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=available_models(),
         default=list(BUILTIN_MODELS),
         metavar="NAME",
-        help="models to measure (default: all six); none: cells only",
+        help="models to measure (default: all built-in models); none: cells only",
     )
     p.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         as_dict,
         bench_cells,
         bench_models,
+        format_cell_ratios,
         format_cell_table,
         format_fast_table,
         format_model_table,
@@ -190,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\ns3 context cell alone ({args.cell_dim} channels, batch 1; {device}):")
         print(format_cell_table(cells))
+        print("\nRatios to CrossAttentionCell (same size, same run):")
+        print(format_cell_ratios(cells))
         payload["cells"] = [as_dict(r) for r in cells]
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
