@@ -29,10 +29,10 @@ FAMILY = {
 
 #: Parameters of each preset (docs/models.md, "Small presets").
 PARAMETERS = {
-    "hpcm-small": 3_627_387,
-    "hpcm-phase1-small": 3_833_731,
-    "hpcm-phase1-lite-small": 3_594_363,
-    "hpcm-phase2-small": 4_148_115,
+    "hpcm-small": 3_404_875,
+    "hpcm-phase1-small": 3_611_219,
+    "hpcm-phase1-lite-small": 3_371_851,
+    "hpcm-phase2-small": 3_925_603,
     "hpcm-phase3-small": 3_885_571,
     "hpcm-phase4-small": 4_181_283,
 }

@@ -68,20 +68,20 @@ def _small(
 
 
 HPCMSmall = _small(
-    HPCMBase, "hpcm-small", "HPCM-Base's architecture at the small size (3.6 M parameters).",
+    HPCMBase, "hpcm-small", "HPCM-Base's architecture at the small size (3.4 M parameters).",
     HPCM_SMALL,
 )  # fmt: skip
 HPCMPhase1Small = _small(
-    HPCMPhase1, "hpcm-phase1-small", "Phase 1 at the small size (3.8 M parameters).", HPCM_SMALL
+    HPCMPhase1, "hpcm-phase1-small", "Phase 1 at the small size (3.6 M parameters).", HPCM_SMALL
 )
 HPCMPhase1LiteSmall = _small(
     HPCMPhase1Lite,
     "hpcm-phase1-lite-small",
-    "Phase 1 with the lite context cell at the small size (3.6 M parameters).",
+    "Phase 1 with the lite context cell at the small size (3.4 M parameters).",
     HPCM_SMALL,
 )
 HPCMPhase2Small = _small(
-    HPCMPhase2, "hpcm-phase2-small", "Phase 2 at the small size (4.1 M parameters).", HPCM_SMALL
+    HPCMPhase2, "hpcm-phase2-small", "Phase 2 at the small size (3.9 M parameters).", HPCM_SMALL
 )
 HPCMPhase3Small = _small(
     HPCMPhase3,
