@@ -17,6 +17,8 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/.whl/site:$PWD/packages/biwkv4-kernel/src:$PWD/packages/rwkv-blocks/src:$PWD/packages/hpcm-models/src"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
+python3 -c "import numba, triton; print('numba', numba.__version__, 'triton', triton.__version__)" \
+    2>&1 | tail -1 | tee -a "$out/gpu.txt"
 # Several processes share the GPU: MPS lets their kernels run side by side instead of in turns.
 if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d 2>/dev/null; then
     check='import torch; assert float((torch.ones(4, device="cuda") * 2).sum()) == 8'
