@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import DecodeMismatchError, HPCMError
+from .errors import DecodeMismatchError, ResultsFormatError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,7 +38,6 @@ __all__ = [
     "BDResult",
     "ImageResult",
     "RDCurve",
-    "ResultsFormatError",
     "bd_psnr",
     "bd_rate",
     "compare_curves",
@@ -53,10 +52,6 @@ __all__ = [
     "results_document",
     "rgb_ms_ssim",
 ]
-
-
-class ResultsFormatError(HPCMError):
-    """A results file cannot be used: unreadable, not CompressAI's layout, or unusable points."""
 
 
 # ---------------------------------------------------------------------------- image metrics

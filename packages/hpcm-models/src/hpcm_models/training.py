@@ -41,7 +41,7 @@ from PIL import Image
 from torch import nn
 
 from .acceleration import GraphedTrainStep, capturable_adam
-from .errors import CheckpointError, HPCMError
+from .errors import CheckpointError, DatasetError, HPCMError, TrainingDivergedError
 from .hpcm.config import HPCMConfig
 from .hpcm.model import CODING_BUFFERS, HPCM
 
@@ -49,12 +49,10 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "HPCM_LR_SCHEDULE",
     "IMAGE_EXTENSIONS",
-    "DatasetError",
     "LRSchedule",
     "PatchDataset",
     "RateDistortionLoss",
     "TrainConfig",
-    "TrainingDivergedError",
     "build_model",
     "find_images",
     "load_training_checkpoint",
@@ -91,14 +89,6 @@ HPCM_LR_SCHEDULE: tuple[tuple[float, float], ...] = (
 
 # pytorch-msssim's 5-scale MS-SSIM with an 11-tap window needs both sides > (11 - 1) · 2⁴.
 MS_SSIM_MIN_SIDE = 161
-
-
-class DatasetError(HPCMError):
-    """An image folder is missing, empty, or holds no image large enough for the patches."""
-
-
-class TrainingDivergedError(HPCMError):
-    """The loss became NaN or infinite; training stopped without writing a checkpoint."""
 
 
 # ---------------------------------------------------------------------------- the loss
