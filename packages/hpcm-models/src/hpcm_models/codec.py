@@ -77,6 +77,7 @@ from .errors import (
 )
 from .hpcm import geometry as geo
 from .hpcm.model import CODING_BUFFERS, HPCM
+from .registry import model_class, registered_name
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -645,19 +646,6 @@ class _CodedLatents:
     z_shape: tuple[int, int, int]
 
 
-def _registry_name(model: torch.nn.Module) -> str:
-    from .registry import _MODELS, available_models
-
-    available_models()  # registers the built-in models
-    names = [name for name, cls in _MODELS.items() if cls is type(model)]
-    if len(names) != 1:
-        raise ValueError(
-            f"cannot tell the registry name of a {type(model).__qualname__} "
-            f"(candidates: {names}); pass model_id"
-        )
-    return names[0]
-
-
 class ImageCodec:
     """Codes images to ``.hpcm`` bytes and back with one model.
 
@@ -713,7 +701,7 @@ class ImageCodec:
             raise ValueError(f"expected cuda_graphs None, True or False, got {cuda_graphs!r}")
         check_precision(synthesis)
         self.model = model
-        self.model_id = model_id if model_id is not None else _registry_name(model)
+        self.model_id = model_id if model_id is not None else registered_name(model)
         self.limits = limits or Limits()
         self.cuda_graphs = cuda_graphs
         self.synthesis = synthesis
@@ -1138,9 +1126,7 @@ def load_checkpoint(
         state = {k.removeprefix("module."): v for k, v in state.items()}
     for key in CODING_BUFFERS:  # built by update() below
         state.setdefault(key, torch.empty(0))
-    from .registry import _MODELS
-
-    cls = _MODELS[name]
+    cls = model_class(name)
     if not (isinstance(cls, type) and issubclass(cls, HPCM)):
         raise CheckpointError(f"model {name!r} is not an HPCM model; the codec cannot code it")
     M, N = kwargs.pop("M", None), kwargs.pop("N", None)
@@ -1375,10 +1361,10 @@ def decompress_file(
     _check_format_keeps(header.mode.name, fmt)
     resolved = model if isinstance(model, HPCM) else model(header)
     with contextlib.suppress(ValueError):  # an unregistered class: the config hash decides
-        if _registry_name(resolved) != header.model_id:
+        if registered_name(resolved) != header.model_id:
             raise WeightsMismatchError(
                 f"the file was encoded with model {header.model_id!r}, not "
-                f"{_registry_name(resolved)!r}"
+                f"{registered_name(resolved)!r}"
             )
     codec = ImageCodec(resolved, header.model_id, limits=limits)
     start = time.perf_counter()

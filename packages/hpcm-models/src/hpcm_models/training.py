@@ -44,6 +44,7 @@ from .acceleration import GraphedTrainStep, capturable_adam
 from .errors import CheckpointError, DatasetError, HPCMError, TrainingDivergedError
 from .hpcm.config import HPCMConfig
 from .hpcm.model import CODING_BUFFERS, HPCM
+from .registry import model_class
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -294,17 +295,6 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- models
 
 
-def _model_class(name: str) -> type[nn.Module]:
-    from compressai.registry import MODELS
-
-    from .registry import available_models
-
-    names = available_models()  # also imports (registers) the built-in models
-    if name not in names:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(names)}")
-    return MODELS[name]
-
-
 def model_kwargs_from_json(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor kwargs from their JSON form.
 
@@ -319,7 +309,7 @@ def model_kwargs_from_json(name: str, kwargs: Mapping[str, Any]) -> dict[str, An
     out = dict(kwargs)
     config = out.get("config")
     if isinstance(config, Mapping):
-        cls = _model_class(name)
+        cls = model_class(name)
         base = getattr(cls, "default_config", None)
         if not isinstance(base, HPCMConfig):
             raise ValueError(f"model {name!r} takes no HPCMConfig, got config={dict(config)!r}")
