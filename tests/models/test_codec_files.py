@@ -20,8 +20,8 @@ from hpcm_models.codec import (
     decompress_file,
     load_checkpoint,
     random_model,
-    resolve_device,
 )
+from hpcm_models.devices import resolve_device
 from hpcm_models.errors import (
     CheckpointError,
     CorruptBitstreamError,

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .devices import synchronize
+
 __all__ = [
     "BIWKV4_BACKWARD_FLOPS_PER_ELEMENT",
     "BIWKV4_FORWARD_FLOPS_PER_ELEMENT",
@@ -154,22 +156,17 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(fn: Callable[[], Any], device: torch.device, repeat: int, warmup: int) -> list[float]:
     """Wall times (ms) of ``repeat`` calls of ``fn()`` after ``warmup`` untimed ones, each
     synchronized with the device (CUDA)."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     return times
 
@@ -178,10 +175,10 @@ def _peak_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
     """Peak allocated memory during ``fn()`` (MiB), including what was allocated before."""
     if device.type != "cuda":
         return None
-    _sync(device)
+    synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     fn()
-    _sync(device)
+    synchronize(device)
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 

@@ -64,11 +64,11 @@ from .container import (
     read_container,
     write_container,
 )
+from .devices import resolve_device
 from .errors import (
     CheckpointError,
     CorruptBitstreamError,
     DecodeMismatchError,
-    DeviceError,
     EncodeError,
     FileAccessError,
     ImageError,
@@ -95,7 +95,6 @@ __all__ = [
     "load_checkpoint",
     "random_model",
     "read_image",
-    "resolve_device",
     "weights_hash",
 ]
 
@@ -181,31 +180,6 @@ def deterministic_coding(device: torch.device | str = "cpu") -> Iterator[None]:
             torch.backends.cudnn.deterministic = saved[3]
             torch.backends.cudnn.benchmark = saved[4]
             torch.set_num_threads(saved_threads)
-
-
-def resolve_device(spec: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` → a device that exists here.
-
-    Raises:
-        DeviceError: for other names, or CUDA without a (matching) GPU.
-    """
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise DeviceError(f"unknown device {spec!r}; expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {spec!r} was requested but no CUDA GPU is available to torch "
-                f"{torch.__version__}; use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device {spec!r} was requested but there are {torch.cuda.device_count()} GPU(s)"
-            )
-    elif device.type != "cpu":
-        raise DeviceError(f"unsupported device {spec!r}; expected cpu, cuda or cuda:N")
-    return device
 
 
 # ---------------------------------------------------------------------------- hashes

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .devices import synchronize
 from .errors import DecodeMismatchError, ResultsFormatError
 
 if TYPE_CHECKING:
@@ -399,26 +400,21 @@ class ImageResult:
     bit_exact: bool
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def evaluate_image(codec: ImageCodec, image: Image.Image, name: str = "image") -> ImageResult:
     """Encode ``image`` to bytes with ``codec``, decode them, and measure the result."""
     from .container import StreamKind
 
-    _synchronize(codec.device)
+    synchronize(codec.device)
     start = time.perf_counter()
     encoded = codec.encode_detailed(image)
-    _synchronize(codec.device)
+    synchronize(codec.device)
     encoding_time = time.perf_counter() - start
     start = time.perf_counter()
     try:
         decoded = codec.decode_detailed(encoded.data)
     except DecodeMismatchError:
         decoded = None
-    _synchronize(codec.device)
+    synchronize(codec.device)
     decoding_time = time.perf_counter() - start
 
     header = encoded.header

@@ -41,6 +41,7 @@ from PIL import Image
 from torch import nn
 
 from .acceleration import GraphedTrainStep, capturable_adam
+from .devices import resolve_device
 from .errors import CheckpointError, DatasetError, HPCMError, TrainingDivergedError
 from .hpcm.config import HPCMConfig
 from .hpcm.model import CODING_BUFFERS, HPCM
@@ -591,9 +592,7 @@ def _init_distributed(device_flag: str) -> tuple[_Dist, torch.device]:
     if device_flag.startswith("cuda:") and world > 1:
         raise ValueError("under torchrun pass --device cuda (each rank takes its LOCAL_RANK GPU)")
     if world <= 1:
-        if device_flag == "auto":
-            return _Dist(), torch.device("cuda" if want_cuda else "cpu")
-        return _Dist(), torch.device(device_flag)
+        return _Dist(), resolve_device(device_flag, allow_auto=True)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if want_cuda:
         device = torch.device("cuda", local_rank)

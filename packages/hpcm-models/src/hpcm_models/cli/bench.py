@@ -85,7 +85,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from hpcm_models.benchmark import (
         CELL_SIZES,
@@ -97,17 +96,10 @@ def run(args: argparse.Namespace) -> int:
         format_model_table,
         machine_info,
     )
+    from hpcm_models.devices import resolve_device
     from hpcm_models.hpcm.model import HPCM
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as err:
-            raise HPCMError(f"invalid --device {args.device!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HPCMError("--device cuda, but torch sees no CUDA GPU")
+    device = resolve_device(args.device, allow_auto=True)
     if args.repeat < 1 or args.warmup < 0:
         raise HPCMError(
             f"expected --repeat >= 1 and --warmup >= 0, got {args.repeat}, {args.warmup}"

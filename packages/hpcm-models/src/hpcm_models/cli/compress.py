@@ -63,7 +63,7 @@ def add_weight_options(p: argparse.ArgumentParser) -> None:
 def prepare_device(spec: str) -> Any:
     """Resolve ``--device``; on CUDA ask cuBLAS for its deterministic workspace (before any
     matmul of the process, which is when PyTorch reads the variable)."""
-    from hpcm_models.codec import resolve_device
+    from hpcm_models.devices import resolve_device
 
     device = resolve_device(spec)
     if device.type == "cuda":
