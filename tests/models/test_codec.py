@@ -26,7 +26,6 @@ from hpcm_models.codec import (
     _RansTables,
     config_hash,
     deterministic_coding,
-    read_image,
     weights_hash,
 )
 from hpcm_models.container import (
@@ -50,6 +49,7 @@ from hpcm_models.errors import (
     UnsupportedFormatError,
     WeightsMismatchError,
 )
+from hpcm_models.image_io import read_image
 
 MICRO = HPCM_MICRO  # the full coding schedule with the narrowest transforms
 MICRO_KWARGS = {"M": 16, "N": 8, "config": MICRO}

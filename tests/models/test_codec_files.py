@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import hpcm_models.codec as codec_module
+import hpcm_models.image_io as codec_module
 from hpcm_models import HPCM_MICRO, get_model
 from hpcm_models.codec import (
     ImageCodec,

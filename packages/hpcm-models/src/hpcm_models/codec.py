@@ -26,11 +26,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import itertools
 import json
 import os
-import secrets
 import struct
 import time
 import warnings
@@ -38,13 +36,12 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from compressai.ans import BufferedRansEncoder, RansDecoder
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .acceleration import (
     GraphChain,
@@ -71,16 +68,26 @@ from .errors import (
     DecodeMismatchError,
     EncodeError,
     FileAccessError,
-    ImageError,
-    LimitExceededError,
     WeightsMismatchError,
 )
 from .hpcm import geometry as geo
 from .hpcm.model import CODING_BUFFERS, HPCM
+from .image_io import (
+    check_format_keeps,
+    check_image_size,
+    image_planes,
+    output_format,
+    pad_to_multiple,
+    read_file,
+    read_image,
+    restore_image,
+    same_file,
+    write_atomic,
+    write_image,
+)
 from .registry import model_class, registered_name
 
 __all__ = [
-    "OUTPUT_FORMATS",
     "CompressReport",
     "DecodedImage",
     "DecompressReport",
@@ -94,7 +101,6 @@ __all__ = [
     "encode_image",
     "load_checkpoint",
     "random_model",
-    "read_image",
     "weights_hash",
 ]
 
@@ -108,22 +114,6 @@ _RANS_PRECISION = 16
 _RANS_TOTAL = 1 << _RANS_PRECISION
 _RANS_STATE_MIN = 1 << 31
 _INT32 = 1 << 31
-
-#: Output image formats by extension: all lossless. JPEG and other lossy formats are refused.
-OUTPUT_FORMATS: dict[str, str] = {
-    ".png": "PNG",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".ppm": "PPM",
-    ".pgm": "PPM",
-    ".pnm": "PPM",
-    ".webp": "WEBP",
-}
-_LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".jp2", ".j2k", ".jxr", ".heic", ".avif")
-
-# Image modes that carry more than 8 bits per sample; the codec codes 8-bit planes.
-_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N", "BGR;15", "BGR;16", "BGR;24")
 
 # Attributes of the RWKV variants that change the architecture (beyond M, N and the config).
 _ARCH_ATTRIBUTES = ("cell_hidden_rates", "fusion_hidden_rate", "fusion_blocks", "prior_hidden_rate")
@@ -473,105 +463,6 @@ def _parse_escapes(stream: bytes | None, total: int) -> tuple[np.ndarray, np.nda
 # ---------------------------------------------------------------------------- images
 
 
-def read_image(path: str | os.PathLike[str], limits: Limits | None = None) -> Image.Image:
-    """Open an image file for coding (fully loaded, EXIF orientation applied).
-
-    Raises:
-        FileAccessError: the file cannot be opened.
-        ImageError: not an image Pillow reads, damaged, several frames, or too large.
-    """
-    limits = limits or Limits()
-    try:
-        image = Image.open(path)
-    except FileNotFoundError:
-        raise FileAccessError(f"cannot read {str(path)!r}: no such file") from None
-    except IsADirectoryError:
-        raise FileAccessError(f"cannot read {str(path)!r}: it is a directory") from None
-    except PermissionError:
-        raise FileAccessError(f"cannot read {str(path)!r}: permission denied") from None
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"{str(path)!r}: {err}") from None
-    except (Image.UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageError(f"{str(path)!r} is not an image Pillow can read ({err})") from None
-    with image:
-        _check_image_size(image.width, image.height, limits, str(path))
-        if getattr(image, "n_frames", 1) > 1:
-            raise ImageError(
-                f"{str(path)!r} has {image.n_frames} frames; the codec codes one still image "
-                "(extract a frame first)"
-            )
-        try:
-            image.load()
-            return ImageOps.exif_transpose(image)
-        except (OSError, ValueError, SyntaxError) as err:
-            raise ImageError(f"{str(path)!r} is damaged or truncated ({err})") from None
-
-
-def _check_image_size(width: int, height: int, limits: Limits, name: str = "image") -> None:
-    if not (0 < width <= limits.max_side and 0 < height <= limits.max_side):
-        raise ImageError(f"{name} of {width}x{height} pixels: sides must be 1..{limits.max_side}")
-    if width * height > limits.max_pixels:
-        raise ImageError(
-            f"{name} of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels"
-        )
-
-
-def _planes(image: Image.Image) -> tuple[np.ndarray, ImageMode, np.ndarray | None]:
-    """8-bit RGB planes ``[H, W, 3]``, the mode to restore, and the alpha plane if any."""
-    mode = image.mode
-    if mode in _HIGH_DEPTH_MODES:
-        raise ImageError(
-            f"image mode {mode!r} has more than 8 bits per sample; the codec codes 8-bit images "
-            "(convert to 8-bit RGB or L first)"
-        )
-    if mode == "1":
-        image = image.convert("L")
-    elif mode in ("P", "PA"):
-        has_alpha = mode == "PA" or "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
-    elif mode == "RGBa":
-        image = image.convert("RGBA")
-    elif mode == "La":
-        image = image.convert("LA")
-    elif mode in ("CMYK", "YCbCr", "RGBX"):
-        image = image.convert("RGB")
-    if image.mode not in ("RGB", "L", "RGBA", "LA"):
-        raise ImageError(
-            f"image mode {image.mode!r} is not supported; expected RGB, L, RGBA, LA, P, 1, CMYK "
-            "or YCbCr"
-        )
-    restore = ImageMode[image.mode]
-    alpha = np.asarray(image.getchannel("A")) if restore.has_alpha else None
-    rgb = np.asarray(image.convert("RGB"))
-    return rgb, restore, alpha
-
-
-def _restore(x_hat: torch.Tensor, header: Header, alpha: np.ndarray | None) -> Image.Image:
-    """Crop the decoded ``[1, 3, H, W]`` and turn it into an image of the original mode."""
-    x = x_hat[0, :, : header.height, : header.width]
-    if header.mode in (ImageMode.L, ImageMode.LA):
-        # The three decoded planes of a gray image differ slightly; their mean is the best gray.
-        x = x.mean(dim=0, keepdim=True)
-    pixels = x.mul(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    if alpha is not None:
-        pixels = np.concatenate([pixels, alpha[:, :, None]], axis=2)
-    if pixels.shape[2] == 1:
-        pixels = pixels[:, :, 0]
-    image = Image.fromarray(np.ascontiguousarray(pixels))
-    if image.mode != header.mode.name:
-        raise AssertionError(f"restored mode {image.mode} instead of {header.mode.name}")
-    return image
-
-
-def _pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate the last row and column up to multiples of ``multiple`` (cheaper to code than
-    zeros: the padding continues the image instead of adding an edge)."""
-    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x
-
-
 # ---------------------------------------------------------------------------- the codec
 
 
@@ -733,14 +624,14 @@ class ImageCodec:
         """:meth:`encode`, also returning the header and ŷ (for tests and tools)."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL.Image.Image, got {type(image).__qualname__}")
-        _check_image_size(image.width, image.height, self.limits)
-        rgb, mode, alpha = _planes(image)
+        check_image_size(image.width, image.height, self.limits)
+        rgb, mode, alpha = image_planes(image)
         height, width = rgb.shape[:2]
         x = torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))[None]
         x = x.to(self.device, torch.float32)
         # Contiguous NCHW (padding a 1x1 image gives channels-last strides): a channels-last
         # input would propagate through every layer, and the schedule's views need NCHW.
-        x = _pad(x.div_(255), self.model.INPUT_MULTIPLE).contiguous()
+        x = pad_to_multiple(x.div_(255), self.model.INPUT_MULTIPLE).contiguous()
         with self._coding():
             coded = self._encode_latents(x, _latent_hasher(width, height, mode))
         streams = [(StreamKind.Z, coded.z_stream), (StreamKind.Y, coded.y_stream)]
@@ -916,7 +807,7 @@ class ImageCodec:
             alpha = _inflate_alpha(by_kind[StreamKind.ALPHA], header.width, header.height)
         with self._coding():
             y_hat, x_hat = self._decode_latents(header, by_kind, escapes, z_count, y_count)
-        return DecodedImage(_restore(x_hat, header, alpha), header, y_hat, x_hat)
+        return DecodedImage(restore_image(x_hat, header, alpha), header, y_hat, x_hat)
 
     def _decode_latents(
         self,
@@ -1148,92 +1039,6 @@ def random_model(
 # ---------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in the same directory, then rename it over ``path``: an
-    error leaves neither a partial file nor the temporary behind."""
-    directory = path.parent
-    if not directory.is_dir():
-        raise FileAccessError(f"cannot write {str(path)!r}: directory {str(directory)!r} missing")
-    for _ in range(100):
-        tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise FileAccessError(f"cannot write {str(path)!r}: {err.strerror}") from None
-    else:  # pragma: no cover - 100 random collisions
-        raise FileAccessError(f"cannot create a temporary file next to {str(path)!r}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, FileAccessError):
-            raise FileAccessError(f"cannot write {str(path)!r}: {err}") from None
-        raise
-
-
-def _output_format(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext in OUTPUT_FORMATS:
-        return OUTPUT_FORMATS[ext]
-    supported = ", ".join(OUTPUT_FORMATS)
-    if ext in _LOSSY_EXTENSIONS:
-        raise ImageError(
-            f"refusing to write {str(path)!r}: {ext} is a lossy format and would distort the "
-            f"decoded image again; use a lossless one ({supported})"
-        )
-    raise ImageError(f"cannot write {str(path)!r}: unknown image extension; use {supported}")
-
-
-def _save_image(image: Image.Image, f: BinaryIO, fmt: str) -> None:
-    options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
-    try:
-        image.save(f, format=fmt, **options)
-    except (OSError, ValueError, KeyError) as err:
-        raise ImageError(f"cannot write a {image.mode} image as {fmt}: {err}") from None
-
-
-def _check_format_keeps(mode: str, fmt: str) -> None:
-    """Refuse a format that cannot store ``mode`` or would silently drop its alpha (Pillow writes
-    RGBA as PPM or BMP without alpha). Gray stored as RGB (WebP) keeps every value: allowed."""
-    buffer = io.BytesIO()
-    _save_image(Image.new(mode, (1, 1)), buffer, fmt)
-    buffer.seek(0)
-    with Image.open(buffer) as back:
-        if "A" in mode and "A" not in back.mode:
-            raise ImageError(
-                f"{fmt} cannot store the alpha channel of a {mode} image; use .png, .tif or .webp"
-            )
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _read_bytes(path: Path, limit: int) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise LimitExceededError(f"{str(path)!r} has {size} bytes; the limit is {limit}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise FileAccessError(f"cannot read {str(path)!r}: no such file") from None
-    except IsADirectoryError:
-        raise FileAccessError(f"cannot read {str(path)!r}: it is a directory") from None
-    except PermissionError:
-        raise FileAccessError(f"cannot read {str(path)!r}: permission denied") from None
-
-
 @dataclass(frozen=True)
 class _CodingReport:
     """What a file-level coding call did. ``bpp`` counts the whole file; ``seconds`` the coding."""
@@ -1289,15 +1094,15 @@ def compress_file(
         model_id: registry name, if it cannot be found from the model's class.
     """
     source, target = Path(source), Path(target)
-    if _same_file(source, target):
+    if same_file(source, target):
         raise FileAccessError(f"refusing to overwrite the input {str(source)!r}")
     image = read_image(source, limits)
-    _planes(image)  # fail on an unsupported mode before loading a model
+    image_planes(image)  # fail on an unsupported mode before loading a model
     codec = ImageCodec(model if isinstance(model, HPCM) else model(), model_id, limits=limits)
     start = time.perf_counter()
     data = codec.encode(image)
     seconds = time.perf_counter() - start
-    _write_atomic(target, lambda f: f.write(data))
+    write_atomic(target, lambda f: f.write(data))
     return CompressReport(
         source, target, image.width, image.height, image.mode, len(data),
         8 * len(data) / (image.width * image.height), seconds, codec.model_id, str(codec.device),
@@ -1325,14 +1130,14 @@ def decompress_file(
     """
     source, target = Path(source), Path(target)
     limits = limits or Limits()
-    fmt = _output_format(target)
-    if _same_file(source, target):
+    fmt = output_format(target)
+    if same_file(source, target):
         raise FileAccessError(f"refusing to overwrite the input {str(source)!r}")
     if not target.parent.is_dir():
         raise FileAccessError(f"cannot write {str(target)!r}: directory missing")
-    data = _read_bytes(source, limits.max_file_bytes)
+    data = read_file(source, limits.max_file_bytes)
     header, _ = read_container(data, limits)
-    _check_format_keeps(header.mode.name, fmt)
+    check_format_keeps(header.mode.name, fmt)
     resolved = model if isinstance(model, HPCM) else model(header)
     with contextlib.suppress(ValueError):  # an unregistered class: the config hash decides
         if registered_name(resolved) != header.model_id:
@@ -1344,7 +1149,7 @@ def decompress_file(
     start = time.perf_counter()
     image = codec.decode(data)
     seconds = time.perf_counter() - start
-    _write_atomic(target, lambda f: _save_image(image, f, fmt))
+    write_image(target, image, fmt)
     return DecompressReport(
         source, target, image.width, image.height, image.mode, len(data),
         8 * len(data) / (image.width * image.height), seconds, codec.model_id, str(codec.device),

@@ -29,6 +29,7 @@ import torch
 
 from .devices import synchronize
 from .errors import DecodeMismatchError, ResultsFormatError
+from .image_io import read_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -454,13 +455,11 @@ def evaluate_codec(
     files: Sequence[str | os.PathLike[str]],
     progress: Any = None,
 ) -> list[ImageResult]:
-    """:func:`evaluate_image` for every file (read with :func:`hpcm_models.codec.read_image`).
+    """:func:`evaluate_image` for every file (read with :func:`hpcm_models.image_io.read_image`).
 
     Args:
         progress: optional callable ``progress(done, total, name)`` called after each image.
     """
-    from .codec import read_image
-
     results = []
     for i, file in enumerate(files):
         results.append(evaluate_image(codec, read_image(file), Path(file).name))

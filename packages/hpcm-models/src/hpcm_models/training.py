@@ -37,14 +37,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from .acceleration import GraphedTrainStep, capturable_adam
 from .devices import resolve_device
-from .errors import CheckpointError, DatasetError, HPCMError, TrainingDivergedError
+from .errors import (
+    CheckpointError,
+    DatasetError,
+    FileAccessError,
+    HPCMError,
+    ImageError,
+    TrainingDivergedError,
+)
 from .hpcm.config import HPCMConfig
 from .hpcm.model import CODING_BUFFERS, HPCM
+from .image_io import image_size, pad_to_multiple, read_image, to_tensor
 from .registry import model_class
 
 __all__ = [
@@ -193,12 +200,6 @@ def _mix(*parts: object) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB image → float32 ``[3, H, W]`` in [0, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
-
-
 class PatchDataset(torch.utils.data.Dataset):
     """Random square crops with random horizontal and vertical flips (HPCM's augmentation).
 
@@ -220,9 +221,8 @@ class PatchDataset(torch.utils.data.Dataset):
         kept, small = [], 0
         for file in files:
             try:
-                with Image.open(file) as image:
-                    width, height = image.size
-            except (OSError, ValueError) as err:
+                width, height = image_size(file)
+            except (FileAccessError, ImageError) as err:
                 raise DatasetError(f"cannot read image {str(file)!r}: {err}") from None
             if min(width, height) >= patch_size:
                 kept.append(file)
@@ -243,12 +243,12 @@ class PatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
         index, sample_seed = item
         g = torch.Generator().manual_seed(sample_seed)
-        with Image.open(self.files[index]) as image:
-            width, height = image.size
-            p = self.patch_size
-            top = int(torch.randint(0, height - p + 1, (), generator=g))
-            left = int(torch.randint(0, width - p + 1, (), generator=g))
-            x = _to_tensor(image.crop((left, top, left + p, top + p)))
+        image = read_image(self.files[index])
+        width, height = image.size
+        p = self.patch_size
+        top = int(torch.randint(0, height - p + 1, (), generator=g))
+        left = int(torch.randint(0, width - p + 1, (), generator=g))
+        x = to_tensor(image.crop((left, top, left + p, top + p)))
         if bool(torch.rand((), generator=g) < 0.5):
             x = x.flip(-1)
         if bool(torch.rand((), generator=g) < 0.5):
@@ -282,15 +282,6 @@ class _StepSampler(torch.utils.data.Sampler):
                 sample_seed = _mix(self.seed, "crop", epoch, self.rank, position)
                 yield mine[position], sample_seed
             epoch, batch = epoch + 1, 0
-
-
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate-pad ``[B, C, H, W]`` on the bottom and right to multiples of ``multiple``."""
-    H, W = x.shape[-2:]
-    pad_h, pad_w = -H % multiple, -W % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x
 
 
 # ---------------------------------------------------------------------------- models
@@ -671,11 +662,10 @@ def _validate(
     keys = ("loss", "bpp", "mse", "ms_ssim")
     sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)
     for file in files[d.rank :: d.world]:
-        with Image.open(file) as image:
-            x = _to_tensor(image).unsqueeze(0).to(device)
+        x = to_tensor(read_image(file)).unsqueeze(0).to(device)
         H, W = x.shape[-2:]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(_pad_to_multiple(x, model.INPUT_MULTIPLE), training=False)
+            out = model(pad_to_multiple(x, model.INPUT_MULTIPLE), training=False)
         out = {"x_hat": out["x_hat"][..., :H, :W], "likelihoods": out["likelihoods"]}
         terms = criterion(out, x, num_pixels=H * W)
         for i, key in enumerate(keys):
@@ -781,12 +771,12 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
         val_files = val_files[: cfg.max_val_images]
     if cfg.metric == "ms-ssim":
         for file in val_files:
-            with Image.open(file) as image:
-                if min(image.size) < MS_SSIM_MIN_SIDE:
-                    raise DatasetError(
-                        f"validation image {str(file)!r} is {image.size[0]}x{image.size[1]}: "
-                        f"MS-SSIM needs at least {MS_SSIM_MIN_SIDE} pixels per side"
-                    )
+            width, height = image_size(file)
+            if min(width, height) < MS_SSIM_MIN_SIDE:
+                raise DatasetError(
+                    f"validation image {str(file)!r} is {width}x{height}: "
+                    f"MS-SSIM needs at least {MS_SSIM_MIN_SIDE} pixels per side"
+                )
 
     # ---- where the run starts
     resume_ckpt: dict[str, Any] | None = None

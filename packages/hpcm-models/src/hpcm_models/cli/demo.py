@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
     import hpcm_models
     from hpcm_models.cli.compress import prepare_device
-    from hpcm_models.codec import read_image
     from hpcm_models.demo import (
         DEMO_IMAGES,
         bundled_image,
@@ -65,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         run_demo,
     )
     from hpcm_models.errors import HPCMError
+    from hpcm_models.image_io import read_image
 
     device = prepare_device(args.device)
     if args.checkpoint_dir is not None and not args.checkpoint_dir.is_dir():
