@@ -9,14 +9,8 @@ with _warnings.catch_warnings():
     import compressai as _compressai  # noqa: F401
 
 from .acceleration import GraphChain, GraphedForward, GraphedTrainStep, capturable_adam
-from .codec import (
-    ImageCodec,
-    compress_file,
-    decode_image,
-    decompress_file,
-    encode_image,
-    load_checkpoint,
-)
+from .checkpoints import load_checkpoint
+from .codec import ImageCodec, compress_file, decode_image, decompress_file, encode_image
 from .entropy import GeneralizedGaussian, default_scale_table
 from .errors import (
     BitstreamError,

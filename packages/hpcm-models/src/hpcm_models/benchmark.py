@@ -254,7 +254,7 @@ def bench_models(
         device: where to run.
         size: (width, height) of the eval input; multiples of 128.
         model_kwargs: constructor kwargs (JSON form, see
-            :func:`hpcm_models.training.model_kwargs_from_json`) for every model.
+            :func:`hpcm_models.checkpoints.model_kwargs_from_json`) for every model.
         repeat, warmup: timed and untimed runs.
         amp: bf16 autocast for the baseline's forward passes.
         fast: also measure the fast paths (CUDA only).
@@ -307,7 +307,8 @@ def _bench_model(
     progress: Callable[[str], None] | None,
 ) -> ModelResult:
     from .acceleration import GraphedForward, GraphedTrainStep, capturable_adam
-    from .training import RateDistortionLoss, build_model
+    from .checkpoints import build_model
+    from .training import RateDistortionLoss
 
     width, height = size
     if progress:

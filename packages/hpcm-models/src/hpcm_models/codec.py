@@ -24,7 +24,6 @@ Safety, by construction:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -33,7 +32,7 @@ import struct
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,6 +50,7 @@ from .acceleration import (
     fp32_precision,
     precision,
 )
+from .checkpoints import to_json
 from .container import (
     HASH_BYTES,
     Header,
@@ -61,7 +61,6 @@ from .container import (
     read_container,
     write_container,
 )
-from .devices import resolve_device
 from .errors import (
     CheckpointError,
     CorruptBitstreamError,
@@ -85,7 +84,7 @@ from .image_io import (
     write_atomic,
     write_image,
 )
-from .registry import model_class, registered_name
+from .registry import registered_name
 
 __all__ = [
     "CompressReport",
@@ -99,8 +98,6 @@ __all__ = [
     "decompress_file",
     "deterministic_coding",
     "encode_image",
-    "load_checkpoint",
-    "random_model",
     "weights_hash",
 ]
 
@@ -214,22 +211,12 @@ def weights_hash(model: torch.nn.Module) -> bytes:
     return h.digest()
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
 def _architecture(model: HPCM, model_id: str) -> dict[str, Any]:
     arch: dict[str, Any] = {"model": model_id, "M": model.M, "N": model.N}
-    arch["config"] = _plain(model.config)
+    arch["config"] = to_json(model.config)
     for name in _ARCH_ATTRIBUTES:
         if hasattr(model, name):
-            arch[name] = _plain(getattr(model, name))
+            arch[name] = to_json(getattr(model, name))
     return arch
 
 
@@ -893,147 +880,6 @@ def encode_image(model: HPCM, image: Image.Image, *, model_id: str | None = None
 def decode_image(model: HPCM, data: bytes, *, model_id: str | None = None) -> Image.Image:
     """Decompress one ``.hpcm`` file with ``model`` (see :class:`ImageCodec`)."""
     return ImageCodec(model, model_id).decode(data)
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _unwrap_checkpoint(obj: Any, path: str) -> tuple[dict[str, Any], str | None, Any]:
-    """(state dict, model name or None, model kwargs or None) of any supported checkpoint."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        return dict(obj["model"]), obj.get("model_name"), obj.get("model_kwargs")
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        return dict(obj["state_dict"]), None, None  # CompressAI's examples/train.py
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return dict(obj), None, None
-    keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-    raise CheckpointError(
-        f"{path!r} holds no model state dict (expected a state dict, or a dict with 'model' or "
-        f"'state_dict'; found {keys})"
-    )
-
-
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    model_name: str | None = None,
-    *,
-    device: str | torch.device = "cpu",
-    model_kwargs: Mapping[str, Any] | None = None,
-) -> HPCM:
-    """Build a model from a checkpoint, ready to code (eval mode, rANS tables built).
-
-    Reads (with ``torch.load(weights_only=True)``):
-
-    * the authors' raw state dicts (``HPCM_Base_0.0018.pth.tar``), M and N read from the weights;
-    * our training checkpoints ``{"model": state_dict, "model_name": str, "model_kwargs": dict,
-      ...}`` (``model_kwargs`` in JSON form: a ``"config"`` entry is a dict of HPCMConfig fields);
-    * CompressAI training checkpoints ``{"state_dict": ..., ...}``.
-
-    A ``module.`` prefix (DataParallel) is removed; missing rANS tables are fine. The tables are
-    always rebuilt from the weights (``update(force=True)``, with the checkpoint's scale table if
-    it has one), so they match the weights.
-
-    Args:
-        path: the checkpoint file.
-        model_name: registry name; required unless the checkpoint names its model (and must agree
-            with it if it does).
-        device: where the model goes.
-        model_kwargs: constructor kwargs (JSON form) for checkpoints that carry none; M and N are
-            read from the weights if absent.
-
-    Raises:
-        CheckpointError: unreadable file, unknown or mismatching model, missing/unexpected keys
-            (named), wrong shapes.
-    """
-    from .registry import available_models
-    from .training import model_kwargs_from_json
-
-    path_str = str(path)
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path_str!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged or unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path_str!r}: {_one_line(err)}") from None
-    state, saved_name, saved_kwargs = _unwrap_checkpoint(obj, path_str)
-    if model_name is not None and saved_name is not None and model_name != saved_name:
-        raise CheckpointError(
-            f"checkpoint {path_str!r} holds a {saved_name!r} model, not {model_name!r}"
-        )
-    name = model_name or saved_name
-    if name is None:
-        raise CheckpointError(
-            f"checkpoint {path_str!r} does not say which model it holds; name it (--model)"
-        )
-    if name not in available_models():
-        raise CheckpointError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    if (
-        saved_kwargs is not None
-        and model_kwargs is not None
-        and dict(model_kwargs) != dict(saved_kwargs)
-    ):
-        raise CheckpointError(
-            f"checkpoint {path_str!r} was saved with model kwargs {dict(saved_kwargs)}, "
-            f"which differ from the given {dict(model_kwargs)}"
-        )
-    kwargs_json = dict(saved_kwargs if saved_kwargs is not None else (model_kwargs or {}))
-    try:
-        kwargs = model_kwargs_from_json(name, kwargs_json)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"bad model kwargs {kwargs_json}: {err}") from None
-
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    for key in CODING_BUFFERS:  # built by update() below
-        state.setdefault(key, torch.empty(0))
-    cls = model_class(name)
-    if not (isinstance(cls, type) and issubclass(cls, HPCM)):
-        raise CheckpointError(f"model {name!r} is not an HPCM model; the codec cannot code it")
-    M, N = kwargs.pop("M", None), kwargs.pop("N", None)
-    try:
-        model = cls.from_state_dict(state, **kwargs)
-    except CheckpointError:
-        raise
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise CheckpointError(
-            f"checkpoint {path_str!r} does not fit {name}: {_one_line(err)}"
-        ) from None
-    for key, want, have in (("M", M, model.M), ("N", N, model.N)):
-        if want is not None and want != have:
-            raise CheckpointError(f"model kwargs say {key}={want}, the weights have {key}={have}")
-    model.eval()
-    scale_table = model.scale_table if model.scale_table.numel() else None
-    try:
-        model.update(scale_table=scale_table, force=True)
-    except ValueError as err:
-        raise CheckpointError(f"checkpoint {path_str!r} has a bad scale table: {err}") from None
-    return model.to(resolve_device(device))
-
-
-def random_model(
-    model_name: str, *, seed: int = 0, device: str | torch.device = "cpu", **model_kwargs: Any
-) -> HPCM:
-    """A model with freshly initialized weights (``torch.manual_seed(seed)``), ready to code.
-
-    For demos and tests only: it does not compress well. The global RNG state is left untouched.
-    ``model_kwargs`` are in JSON form (see :func:`load_checkpoint`).
-    """
-    from .registry import get_model
-    from .training import model_kwargs_from_json
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = get_model(model_name, **model_kwargs_from_json(model_name, model_kwargs))
-    if not isinstance(model, HPCM):
-        raise ValueError(f"model {model_name!r} is not an HPCM model; the codec cannot code it")
-    model.eval()
-    model.update()
-    return model.to(resolve_device(device))
 
 
 # ---------------------------------------------------------------------------- files

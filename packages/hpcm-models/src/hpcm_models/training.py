@@ -26,7 +26,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .acceleration import GraphedTrainStep, capturable_adam
+from .checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    build_model,
+    load_training_checkpoint,
+    model_kwargs_from_json,
+    read_state_dict,
+    save_checkpoint,
+    to_json,
+)
 from .devices import resolve_device
 from .errors import (
     CheckpointError,
@@ -49,31 +58,19 @@ from .errors import (
     ImageError,
     TrainingDivergedError,
 )
-from .hpcm.config import HPCMConfig
 from .hpcm.model import CODING_BUFFERS, HPCM
 from .image_io import image_size, pad_to_multiple, read_image, to_tensor
-from .registry import model_class
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "HPCM_LR_SCHEDULE",
     "IMAGE_EXTENSIONS",
     "LRSchedule",
     "PatchDataset",
     "RateDistortionLoss",
     "TrainConfig",
-    "build_model",
     "find_images",
-    "load_training_checkpoint",
-    "model_kwargs_from_json",
-    "model_kwargs_to_json",
-    "save_atomic",
     "train",
 ]
-
-#: ``"format"`` field of the checkpoints :func:`train` writes (with ``"version": 1``).
-CHECKPOINT_FORMAT = "hpcm-train-checkpoint"
-CHECKPOINT_VERSION = 1
 
 #: File extensions :func:`find_images` collects (case-insensitive).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -285,126 +282,6 @@ class _StepSampler(torch.utils.data.Sampler):
 
 
 # ---------------------------------------------------------------------------- models
-
-
-def model_kwargs_from_json(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor kwargs from their JSON form.
-
-    A ``"config"`` entry may be a mapping of :class:`~hpcm_models.HPCMConfig` fields; it replaces
-    those fields of the model's default configuration (lists become tuples). E.g.
-    ``{"M": 32, "N": 16, "config": {"transform_channels": [16, 32, 64]}}``. Other entries pass
-    through (``cell_hidden_rates``, ``use_checkpoint``, …).
-
-    Raises:
-        ValueError: for an unknown model name or an unknown config field.
-    """
-    out = dict(kwargs)
-    config = out.get("config")
-    if isinstance(config, Mapping):
-        cls = model_class(name)
-        base = getattr(cls, "default_config", None)
-        if not isinstance(base, HPCMConfig):
-            raise ValueError(f"model {name!r} takes no HPCMConfig, got config={dict(config)!r}")
-        fields = {f.name for f in dataclasses.fields(HPCMConfig)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(
-                f"unknown config field(s) {unknown}; HPCMConfig has {', '.join(sorted(fields))}"
-            )
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-        out["config"] = dataclasses.replace(base, **values)
-    return out
-
-
-def model_kwargs_to_json(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`model_kwargs_from_json`: an ``HPCMConfig`` becomes a dict of all its
-    fields, tuples become lists."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return {k: plain(v) for k, v in kwargs.items()}
-
-
-def build_model(name: str, kwargs: Mapping[str, Any] | None = None) -> HPCM:
-    """``get_model(name, **kwargs)`` with the kwargs in their JSON form
-    (:func:`model_kwargs_from_json`)."""
-    from .registry import get_model
-
-    model = get_model(name, **model_kwargs_from_json(name, kwargs or {}))
-    if not isinstance(model, HPCM):
-        raise ValueError(f"model {name!r} is not an HPCM model")
-    return model
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same directory, flushed to disk, then renamed
-    over ``path``: a crash never leaves a half-written checkpoint under ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`train` (``torch.load(weights_only=True)``, on CPU).
-
-    Raises:
-        CheckpointError: if the file is missing, unreadable, or not a training checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is not an hpcm training checkpoint (no format={CHECKPOINT_FORMAT!r})"
-        )
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{str(path)!r} has training-checkpoint version {ckpt.get('version')!r}; this release "
-            f"reads version {CHECKPOINT_VERSION}"
-        )
-    return ckpt
-
-
-def _read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A model state dict from a raw state dict file or any checkpoint that wraps one."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from None
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "network", "model_state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{str(path)!r} holds no model state dict")
-    return obj
 
 
 # The legacy global NumPy generator is what third-party code (e.g. augmentation libraries) draws
@@ -721,19 +598,15 @@ def _adapt_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> 
 
 def _plain_lrs(state: dict[str, Any]) -> dict[str, Any]:
     """A copy of an optimizer or scheduler state dict with tensor learning rates as floats."""
-
-    def plain(value: Any) -> Any:
-        return float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
-
     out = dict(state)
     if "param_groups" in out:
         out["param_groups"] = [
-            {k: plain(v) if k in ("lr", "initial_lr") else v for k, v in group.items()}
+            {k: to_json(v) if k in ("lr", "initial_lr") else v for k, v in group.items()}
             for group in out["param_groups"]
         ]
     for key in ("base_lrs", "_last_lr"):
         if key in out:
-            out[key] = [plain(v) for v in out[key]]
+            out[key] = [to_json(v) for v in out[key]]
     return out
 
 
@@ -810,7 +683,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
 
         warm = from_baseline(
             model_name,
-            _read_state_dict(cfg.from_baseline),
+            read_state_dict(cfg.from_baseline),
             **model_kwargs_from_json(model_name, model_kwargs),
         )
         model = warm.model
@@ -1047,9 +920,9 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
             if d.main and (is_best or step % cfg.save_every == 0 or step == cfg.steps):
                 state = checkpoint(step)
                 if step % cfg.save_every == 0 or step == cfg.steps:
-                    save_atomic(state, latest_path)
+                    save_checkpoint(state, latest_path)
                 if is_best:
-                    save_atomic(state, best_path)
+                    save_checkpoint(state, best_path)
     finally:
         bar.close()
         if writer is not None:

@@ -72,7 +72,7 @@ def prepare_device(spec: str) -> Any:
 
 
 def random_weights(name: str, seed: int, device: Any, kwargs: dict[str, Any]) -> Any:
-    from hpcm_models.codec import random_model
+    from hpcm_models.checkpoints import random_model
 
     try:
         return random_model(name, seed=seed, device=device, **kwargs)
@@ -104,7 +104,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpcm_models.codec import compress_file, load_checkpoint
+    from hpcm_models.checkpoints import load_checkpoint
+    from hpcm_models.codec import compress_file
 
     device = prepare_device(args.device)
     if args.random_weights and args.model is None:

@@ -69,8 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from hpcm_models.checkpoints import load_checkpoint, random_model
     from hpcm_models.cli.compress import prepare_device
-    from hpcm_models.codec import ImageCodec, load_checkpoint, random_model
+    from hpcm_models.codec import ImageCodec
     from hpcm_models.evaluation import (
         RDCurve,
         evaluate_codec,

@@ -109,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hpcm_models.training import TrainConfig, build_model, train
+    from hpcm_models.checkpoints import build_model
+    from hpcm_models.training import TrainConfig, train
 
     if args.model is not None and not args.resume:
         # Check the options on the meta device (no memory, no time) before loading any data.

@@ -632,13 +632,15 @@ class HPCM(CompressionModel):
     def from_state_dict(cls, state_dict: Mapping[str, Any], **kwargs: Any) -> HPCM:
         """Build a model with M and N read from the checkpoint, and load it strictly.
 
-        A ``module.`` prefix on every key (``nn.DataParallel`` checkpoints) is removed.
+        Keys are remapped first (:func:`hpcm_models.checkpoints.remap_keys`: a ``module.`` prefix
+        on every key, from ``nn.DataParallel``, is removed).
 
         Raises:
             CheckpointError: if the checkpoint does not fit (see :meth:`load_state_dict`).
         """
-        if state_dict and all(k.startswith("module.") for k in state_dict):
-            state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        from ..checkpoints import remap_keys  # checkpoints builds models: imported at call time
+
+        state_dict = remap_keys(state_dict)
         try:
             N = int(state_dict["means_hyper"].shape[1])
             M = int(state_dict["adaptive_params_list.0"].shape[1]) // 3
