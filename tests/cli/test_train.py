@@ -20,7 +20,7 @@ from hpcm_models.checkpoints import (
     model_kwargs_to_json,
 )
 from hpcm_models.cli import main
-from hpcm_models.hpcm.model import CODING_BUFFERS
+from hpcm_models.entropy import CODING_BUFFERS
 from hpcm_models.training import LRSchedule, PatchDataset, RateDistortionLoss, find_images
 
 DATA = Path(hpcm_models.__file__).parent / "data"

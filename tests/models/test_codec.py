@@ -23,7 +23,6 @@ import hpcm_models.codec as codec_module
 from hpcm_models import HPCM_BASE, HPCM_MICRO, available_models, get_model
 from hpcm_models.codec import (
     ImageCodec,
-    _RansTables,
     config_hash,
     deterministic_coding,
     weights_hash,
@@ -37,6 +36,7 @@ from hpcm_models.container import (
     read_container,
     write_container,
 )
+from hpcm_models.entropy import RansTables as _RansTables
 from hpcm_models.errors import (
     BitstreamError,
     CorruptBitstreamError,

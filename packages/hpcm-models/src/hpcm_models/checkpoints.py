@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from .devices import resolve_device
+from .entropy import CODING_BUFFERS
 from .errors import CheckpointError
 from .hpcm.config import HPCMConfig
-from .hpcm.model import CODING_BUFFERS, HPCM
+from .hpcm.model import HPCM
 from .image_io import write_atomic
 from .registry import available_models, get_model, model_class
 

@@ -61,8 +61,8 @@ from .container import (
     read_container,
     write_container,
 )
+from .entropy import CODING_BUFFERS, RansTables
 from .errors import (
-    CheckpointError,
     CorruptBitstreamError,
     DecodeMismatchError,
     EncodeError,
@@ -70,7 +70,7 @@ from .errors import (
     WeightsMismatchError,
 )
 from .hpcm import geometry as geo
-from .hpcm.model import CODING_BUFFERS, HPCM
+from .hpcm.model import HPCM
 from .image_io import (
     check_format_keeps,
     check_image_size,
@@ -229,75 +229,22 @@ def config_hash(model: HPCM, model_id: str) -> bytes:
     """
     h = _hasher(b"hpcm-config")
     _update_field(h, json.dumps(_architecture(model, model_id), sort_keys=True).encode())
-    _update_field(h, _tensor_bytes(model.scale_table.float()))
+    _update_field(h, _tensor_bytes(model.entropy_estimation.scale_table.float()))
     for latent in ("z", "y"):
-        tables = _RansTables.from_model(model, latent)
+        tables = model.entropy_estimation.rans_tables(latent, escapes=False)
         for row in tables.cdfs:
             _update_field(h, np.asarray(row, dtype="<i4").tobytes())
         _update_field(h, np.asarray(tables.offsets, dtype="<i4").tobytes())
     return h.digest()
 
 
-# ---------------------------------------------------------------------------- rANS tables
-
-
-@dataclass(frozen=True)
-class _RansTables:
-    """CompressAI rANS tables without the escape symbol, plus each row's symbol range.
-
-    The model's rows end with an escape (bypass) symbol for values outside ``[low, high]``.
-    Here its frequency goes to the last regular symbol (``cdf[n-2] = 2^16``), so the decoder can
-    never enter bypass decoding, whose reads are unbounded on garbage; escaped values travel in
-    the ESCAPES stream instead. Costs at most 2^-16 of probability mass per row.
-    """
-
-    cdfs: list[list[int]]
-    sizes: list[int]
-    offsets: list[int]
-    low: np.ndarray  # int64 [rows]: smallest regular symbol
-    high: np.ndarray  # int64 [rows]: largest regular symbol
-
-    @classmethod
-    def from_model(cls, model: HPCM, latent: str) -> _RansTables:
-        cdf = getattr(model, f"quantized_cdf_{latent}").detach().to("cpu", torch.int64)
-        lengths = getattr(model, f"cdf_length_{latent}").detach().to("cpu", torch.int64).flatten()
-        offsets = getattr(model, f"offset_{latent}").detach().to("cpu", torch.int64).flatten()
-        rows = cdf.shape[0] if cdf.dim() == 2 else -1
-        if rows < 1 or lengths.numel() != rows or offsets.numel() != rows:
-            raise CheckpointError(
-                f"rANS tables of {latent} are malformed: quantized_cdf_{latent} "
-                f"{list(cdf.shape)}, cdf_length_{latent} {list(lengths.shape)}, "
-                f"offset_{latent} {list(offsets.shape)}"
-            )
-        cdfs, sizes = [], []
-        for i, n in enumerate(lengths.tolist()):
-            row = cdf[i, :n].tolist() if 4 <= n <= cdf.shape[1] else []
-            valid = (
-                len(row) == n
-                and row[0] == 0
-                and row[-1] == _RANS_TOTAL
-                and bool((np.diff(row) > 0).all())
-            )
-            if not valid:
-                # The C++ decoder trusts its tables; a malformed row would make it read astray.
-                raise CheckpointError(
-                    f"rANS table row {i} of {latent} is malformed (expected >= 4 strictly "
-                    f"increasing entries from 0 to {_RANS_TOTAL}); rebuild with model.update()"
-                )
-            row[n - 2] = _RANS_TOTAL
-            cdfs.append(row)
-            sizes.append(n)
-        low = offsets.numpy().astype(np.int64)
-        high = low + lengths.numpy().astype(np.int64) - 3
-        return cls(cdfs, sizes, offsets.tolist(), low, high)
+# ---------------------------------------------------------------------------- rANS
 
 
 def _scale_indexes(model: HPCM, scales: torch.Tensor) -> torch.Tensor:
-    """Row of the y table for each scale: the first scale-table entry >= it (the model's rule);
-    int64, flattened, on the scales' device."""
-    boundaries = model.scale_table[:-1].to(scales)
-    index = torch.bucketize(scales, boundaries).flatten()
-    return index.clamp_(0, model.scale_table.numel() - 1)
+    """Row of the y table for each scale (:meth:`GeneralizedGaussian.build_indexes`); the one
+    place where encoder and decoder ask for it."""
+    return model.entropy_estimation.build_indexes(scales)
 
 
 def _coded_symbols(
@@ -321,7 +268,7 @@ class _SymbolWriter:
     """Entropy-codes one latent's symbols in coding order, a chunk (coding step) at a time;
     values outside their table row's range become escapes."""
 
-    def __init__(self, tables: _RansTables, hasher: Any, escapes: list, start: int) -> None:
+    def __init__(self, tables: RansTables, hasher: Any, escapes: list, start: int) -> None:
         self.tables, self.hasher, self.escapes, self.position = tables, hasher, escapes, start
         self.encoder = BufferedRansEncoder()
 
@@ -356,7 +303,7 @@ class _SymbolReader:
         self,
         stream: bytes,
         count: int,
-        tables: _RansTables,
+        tables: RansTables,
         hasher: Any,
         escapes: tuple[np.ndarray, np.ndarray],
         start: int,
@@ -557,12 +504,10 @@ class ImageCodec:
         self.limits = limits or Limits()
         self.cuda_graphs = cuda_graphs
         self.synthesis = synthesis
-        if model.offset_y.numel() == 0 or model.offset_z.numel() == 0:
+        ggm = model.entropy_estimation
+        if ggm.offset_y.numel() == 0 or ggm.offset_z.numel() == 0:
             model.update()
-        self._tables = {
-            "z": _RansTables.from_model(model, "z"),
-            "y": _RansTables.from_model(model, "y"),
-        }
+        self._tables = {latent: ggm.rans_tables(latent, escapes=False) for latent in ("z", "y")}
         self.weights_hash = weights_hash(model)
         self.config_hash = config_hash(model, self.model_id)
         self._graphs = RecentGraphs(self.MAX_GRAPHS)

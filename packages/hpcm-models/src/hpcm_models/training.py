@@ -58,7 +58,7 @@ from .errors import (
     ImageError,
     TrainingDivergedError,
 )
-from .hpcm.model import CODING_BUFFERS, HPCM
+from .hpcm.model import HPCM
 from .image_io import image_size, pad_to_multiple, read_image, to_tensor
 
 __all__ = [
@@ -697,8 +697,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
         model.load_state_dict(resume_ckpt["model"])
     model.to(device).train()
     # Training never codes: the rANS tables are rebuilt by update() before compressing.
-    for name in CODING_BUFFERS:
-        model.register_buffer(name, torch.empty(0, device=device))
+    model.entropy_estimation.clear_tables()
 
     from rwkv_blocks import rwkv_param_groups
 

@@ -9,8 +9,9 @@ from typing import Any
 from torch import nn
 
 from ..checkpoints import remap_keys
+from ..entropy import CODING_BUFFERS
 from ..errors import CheckpointError
-from ..hpcm.model import CODING_BUFFERS, HPCM, _listing
+from ..hpcm.model import HPCM, _listing
 from ..registry import get_model
 from .model import HPCMRWKV, _is_under
 
