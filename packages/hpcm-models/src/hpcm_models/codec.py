@@ -39,7 +39,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
 from PIL import Image
 
 from .acceleration import (
@@ -61,11 +60,10 @@ from .container import (
     read_container,
     write_container,
 )
-from .entropy import CODING_BUFFERS, RansTables
+from .entropy import CODING_BUFFERS
 from .errors import (
     CorruptBitstreamError,
     DecodeMismatchError,
-    EncodeError,
     FileAccessError,
     WeightsMismatchError,
 )
@@ -83,6 +81,14 @@ from .image_io import (
     same_file,
     write_atomic,
     write_image,
+)
+from .rans import (
+    SymbolReader,
+    SymbolWriter,
+    check_rans_stream,
+    device_symbols,
+    pack_escapes,
+    parse_escapes,
 )
 from .registry import registered_name
 
@@ -105,12 +111,6 @@ __all__ = [
 Y_STRIDE = 16
 Z_STRIDE = 64
 
-# rANS (CompressAI 1.2.8, ryg_rans 64-bit): 16-bit probabilities; a flushed stream starts with the
-# final 64-bit encoder state, which is always >= 2^31.
-_RANS_PRECISION = 16
-_RANS_TOTAL = 1 << _RANS_PRECISION
-_RANS_STATE_MIN = 1 << 31
-_INT32 = 1 << 31
 
 # Attributes of the RWKV variants that change the architecture (beyond M, N and the config).
 _ARCH_ATTRIBUTES = ("cell_hidden_rates", "fusion_hidden_rate", "fusion_blocks", "prior_hidden_rate")
@@ -245,153 +245,6 @@ def _scale_indexes(model: HPCM, scales: torch.Tensor) -> torch.Tensor:
     """Row of the y table for each scale (:meth:`GeneralizedGaussian.build_indexes`); the one
     place where encoder and decoder ask for it."""
     return model.entropy_estimation.build_indexes(scales)
-
-
-def _coded_symbols(
-    values: torch.Tensor, rows: torch.Tensor, low: torch.Tensor, high: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """What the entropy coder needs from quantized latents, computed where they are (on the GPU
-    inside the encoder's CUDA graphs): ``(symbols, coded, rows, broken)``: the values as int32,
-    the values clipped to their table row's range ``[low, high]`` (what rANS codes; the
-    difference travels as an escape), the rows as int32, and a flag for values that are not
-    finite or not 32-bit integers (the symbols are then meaningless)."""
-    values = values.flatten()
-    finite = torch.isfinite(values)
-    broken = (~finite).any() | (values.abs() >= _INT32).any()
-    bound = float(_INT32 - 128)  # the largest float32 below 2^31
-    symbols = torch.where(finite, values, 0.0).clamp(-bound, bound).to(torch.int32)
-    coded = torch.minimum(torch.maximum(symbols, low[rows]), high[rows])
-    return symbols, coded, rows.to(torch.int32), broken.view(1)
-
-
-class _SymbolWriter:
-    """Entropy-codes one latent's symbols in coding order, a chunk (coding step) at a time;
-    values outside their table row's range become escapes."""
-
-    def __init__(self, tables: RansTables, hasher: Any, escapes: list, start: int) -> None:
-        self.tables, self.hasher, self.escapes, self.position = tables, hasher, escapes, start
-        self.encoder = BufferedRansEncoder()
-
-    def add(self, symbols: np.ndarray, coded: np.ndarray, rows: np.ndarray, broken: bool) -> None:
-        """Add the next chunk (see :func:`_coded_symbols`; int32 arrays)."""
-        if broken:
-            raise EncodeError(
-                "the model produced non-finite latents or latents beyond 32-bit integers; its "
-                "weights (or the input) are broken"
-            )
-        self.hasher.update(symbols.astype("<i4", copy=False).tobytes())
-        outside = np.flatnonzero(symbols != coded)
-        if outside.size:
-            # An escape stores how far beyond its table edge a latent lies (> 0: above the
-            # largest symbol, < 0: below the smallest); the symbol coded is that edge.
-            excess = symbols[outside].astype(np.int64) - coded[outside]
-            self.escapes.append((self.position + outside, excess))
-        # BufferedRansEncoder only buffers here; flush() codes everything, in reverse.
-        self.encoder.encode_with_indexes(
-            coded.tolist(), rows.tolist(), self.tables.cdfs, self.tables.sizes, self.tables.offsets
-        )
-        self.position += symbols.size
-
-    def flush(self) -> bytes:
-        return self.encoder.flush()
-
-
-class _SymbolReader:
-    """Decodes one latent's symbols in coding order from a padded rANS stream, applies escapes."""
-
-    def __init__(
-        self,
-        stream: bytes,
-        count: int,
-        tables: RansTables,
-        hasher: Any,
-        escapes: tuple[np.ndarray, np.ndarray],
-        start: int,
-    ) -> None:
-        self.tables, self.hasher, self.escapes = tables, hasher, escapes
-        self.position, self.end = start, start + count
-        self.decoder = RansDecoder()
-        # Without bypass symbols, decoding reads the 8-byte state and at most one 32-bit word per
-        # symbol: a buffer of 8 + 4·count bytes can never be overrun, whatever the stream holds.
-        self.decoder.set_stream(stream + bytes(max(0, 8 + 4 * count - len(stream))))
-
-    def take(self, indexes: np.ndarray) -> np.ndarray:
-        n = indexes.size
-        if self.position + n > self.end:
-            raise RuntimeError("decoder asked for more symbols than the stream holds")
-        decoded = self.decoder.decode_stream(
-            indexes.tolist(), self.tables.cdfs, self.tables.sizes, self.tables.offsets
-        )
-        values = np.fromiter(decoded, dtype=np.int64, count=n)
-        positions, excess = self.escapes
-        a, b = np.searchsorted(positions, [self.position, self.position + n])
-        if b > a:
-            local = positions[a:b] - self.position
-            beyond = excess[a:b]
-            low, high = self.tables.low[indexes[local]], self.tables.high[indexes[local]]
-            edge = np.where(beyond > 0, high, low)
-            if not (values[local] == edge).all():
-                raise DecodeMismatchError(
-                    "decoded latents disagree with the escaped values of the file: the decoder "
-                    "lost synchronization with the encoder; no image is returned"
-                )
-            values[local] = edge + beyond
-        self.hasher.update(values.astype("<i4").tobytes())
-        self.position += n
-        return values
-
-
-def _check_rans_stream(stream: bytes, count: int, name: str) -> None:
-    # A flushed stream is whole 32-bit words, starts with a state >= 2^31 and, without bypass
-    # symbols, carries at most 16 bits per symbol plus the state.
-    if len(stream) < 8 or len(stream) % 4:
-        raise CorruptBitstreamError(
-            f"{name} stream of {len(stream)} bytes is not a rANS stream (expected a multiple of "
-            "4, at least 8)"
-        )
-    if int.from_bytes(stream[:8], "little") < _RANS_STATE_MIN:
-        raise CorruptBitstreamError(f"{name} stream starts with an invalid rANS state")
-    if len(stream) > 2 * count + 16:
-        raise CorruptBitstreamError(
-            f"{name} stream of {len(stream)} bytes is longer than {count} symbols can be"
-        )
-
-
-def _pack_escapes(escapes: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """The ESCAPES stream: zlib of n u32 position deltas, then n i32 excesses (columns of small
-    numbers compress to ~2-3 bytes per escape)."""
-    if not escapes:
-        return b""
-    positions = np.concatenate([p for p, _ in escapes])
-    excess = np.concatenate([e for _, e in escapes])
-    deltas = np.diff(positions, prepend=0)
-    return zlib.compress(deltas.astype("<u4").tobytes() + excess.astype("<i4").tobytes(), 9)
-
-
-def _parse_escapes(stream: bytes | None, total: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, excesses) of the ESCAPES stream, validated; empty arrays without one."""
-    if stream is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(stream, 8 * total + 1)  # bounded: no zip bomb
-    except zlib.error as err:
-        raise CorruptBitstreamError(f"escape stream is not valid zlib data ({err})") from None
-    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
-        raise CorruptBitstreamError("escape stream does not end where its zlib data ends")
-    count = len(raw) // 8
-    if len(raw) % 8 or not 0 < count <= total:
-        raise CorruptBitstreamError(
-            f"escape stream of {len(raw)} bytes: expected 1..{total} entries of 8 bytes"
-        )
-    deltas = np.frombuffer(raw, "<u4", count).astype(np.int64)
-    excess = np.frombuffer(raw, "<i4", count, offset=4 * count).astype(np.int64)
-    positions = np.cumsum(deltas)
-    if (deltas[1:] == 0).any() or positions[-1] >= total:
-        raise CorruptBitstreamError(f"escape positions are not increasing positions below {total}")
-    if (excess == 0).any():
-        raise CorruptBitstreamError("escape with a value inside its table")
-    return positions, excess
 
 
 # ---------------------------------------------------------------------------- images
@@ -604,7 +457,7 @@ class ImageCodec:
 
     def _encoder_tensors(self, x: torch.Tensor, split: Split) -> torch.Tensor:
         """The encoder's network part; returns ŷ. Hands the entropy coder z's symbols, then each
-        coding step's, through ``split(symbols, None)`` (see :func:`_coded_symbols`), so with
+        coding step's, through ``split(symbols, None)`` (see :func:`device_symbols`), so with
         CUDA graphs the host codes step k while the GPU computes step k + 1."""
         model = self.model
         z_low, z_high = self._table_ranges("z")
@@ -615,7 +468,7 @@ class ImageCodec:
         z_q = torch.round(z - model.means_hyper) + 0.0
         N, zh, zw = z_q.shape[1:]
         z_rows = torch.arange(N, device=x.device).view(N, 1).expand(N, zh * zw).reshape(-1)
-        split(_coded_symbols(z_q, z_rows, z_low, z_high), None)
+        split(device_symbols(z_q, z_rows, z_low, z_high), None)
         params = model.h_s(z_q + model.means_hyper)
         y_s2 = geo.split_s2(y)
         latents = {1: geo.split_s1(y_s2), 2: y_s2, 3: y}
@@ -623,19 +476,19 @@ class ImageCodec:
         def encode(step: Any) -> torch.Tensor:
             quantized = torch.round(step.select(latents[step.stage]) - step.means) + 0.0
             rows = _scale_indexes(model, step.scales)
-            split(_coded_symbols(quantized, rows, y_low, y_high), None)
+            split(device_symbols(quantized, rows, y_low, y_high), None)
             return quantized
 
         return model.run_schedule(params, encode)
 
     def _encode_latents(self, x: torch.Tensor, hasher: Any) -> _CodedLatents:
         escapes: list[tuple[np.ndarray, np.ndarray]] = []
-        writers: list[_SymbolWriter] = [_SymbolWriter(self._tables["z"], hasher, escapes, 0)]
+        writers: list[SymbolWriter] = [SymbolWriter(self._tables["z"], hasher, escapes, 0)]
 
         def consume(k: int, outputs: tuple[torch.Tensor, ...]) -> None:
             if k == 1:
                 start = writers[0].position
-                writers.append(_SymbolWriter(self._tables["y"], hasher, escapes, start))
+                writers.append(SymbolWriter(self._tables["y"], hasher, escapes, start))
             symbols, coded, rows, broken = (t.numpy() for t in outputs)
             writers[min(k, 1)].add(symbols, coded, rows, bool(broken[0]))
 
@@ -656,7 +509,7 @@ class ImageCodec:
         return _CodedLatents(
             z_stream=z_writer.flush(),
             y_stream=y_writer.flush(),
-            escape_stream=_pack_escapes(escapes),
+            escape_stream=pack_escapes(escapes),
             escape_count=sum(p.size for p, _ in escapes),
             latent_hash=hasher.digest(),
             y_hat=y_hat,
@@ -731,9 +584,9 @@ class ImageCodec:
         by_kind = dict(zip(header.stream_kinds, streams, strict=True))
         z_count = int(np.prod(header.z_shape))
         y_count = int(np.prod(header.y_shape))
-        _check_rans_stream(by_kind[StreamKind.Z], z_count, "z")
-        _check_rans_stream(by_kind[StreamKind.Y], y_count, "y")
-        escapes = _parse_escapes(by_kind.get(StreamKind.ESCAPES), z_count + y_count)
+        check_rans_stream(by_kind[StreamKind.Z], z_count, "z")
+        check_rans_stream(by_kind[StreamKind.Y], y_count, "y")
+        escapes = parse_escapes(by_kind.get(StreamKind.ESCAPES), z_count + y_count)
         alpha = None
         if header.mode.has_alpha:
             alpha = _inflate_alpha(by_kind[StreamKind.ALPHA], header.width, header.height)
@@ -752,12 +605,12 @@ class ImageCodec:
         _model, device = self.model, self.device
         hasher = _latent_hasher(header.width, header.height, header.mode)
         N, zh, zw = header.z_shape
-        z_reader = _SymbolReader(
+        z_reader = SymbolReader(
             streams[StreamKind.Z], z_count, self._tables["z"], hasher, escapes, 0
         )
         z_values = z_reader.take(np.repeat(np.arange(N), zh * zw))
         z_q = torch.from_numpy(z_values.astype(np.float32)).view(1, N, zh, zw).to(device)
-        y_reader = _SymbolReader(
+        y_reader = SymbolReader(
             streams[StreamKind.Y], y_count, self._tables["y"], hasher, escapes, z_count
         )
 

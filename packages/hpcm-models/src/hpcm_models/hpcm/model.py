@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.models import CompressionModel
 from torch import nn
 
+from .. import rans
 from ..entropy import CODING_BUFFERS, GeneralizedGaussian
 from ..errors import CheckpointError, InputShapeError
 from ..layers import (
@@ -477,30 +477,18 @@ class HPCM(CompressionModel):
             z = self.h_a(y)
             z_q = torch.round(z - self.means_hyper)
             channel = torch.arange(self.N, device=z.device).view(1, -1, 1, 1).expand_as(z_q)
-            encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(
-                z_q.int().flatten().tolist(),
-                channel.flatten().tolist(),
-                tables_z.cdfs,
-                tables_z.sizes,
-                tables_z.offsets,
-            )
+            encoder = rans.new_encoder(tables_z)
+            encoder.encode(_host(z_q.int()), _host(channel))
             z_strings.append(encoder.flush())
 
             params = self.h_s(z_q + self.means_hyper)
             latents = self._stage_latents(y)
-            encoder = BufferedRansEncoder()
+            encoder = rans.new_encoder(tables_y)
 
             def encode(step: CodingStep, latents=latents, encoder=encoder) -> torch.Tensor:
                 # `+ 0.0` turns -0.0 into 0.0, the value the decoder rebuilds from integers.
                 quantized = torch.round(step.select(latents[step.stage]) - step.means) + 0.0
-                encoder.encode_with_indexes(
-                    quantized.int().flatten().tolist(),
-                    ggm.build_indexes(step.scales).tolist(),
-                    tables_y.cdfs,
-                    tables_y.sizes,
-                    tables_y.offsets,
-                )
+                encoder.encode(_host(quantized.int()), _host(ggm.build_indexes(step.scales)))
                 return quantized
 
             y_hats.append(self.run_schedule(params, encode))
@@ -544,26 +532,14 @@ class HPCM(CompressionModel):
         channel = torch.arange(self.N).view(1, -1, 1, 1).expand(1, self.N, *size)
         x_hats, y_hats = [], []
         for y_string, z_string in zip(*strings, strict=True):
-            decoder = RansDecoder()
-            decoder.set_stream(z_string)
-            symbols = decoder.decode_stream(
-                channel.flatten().tolist(), tables_z.cdfs, tables_z.sizes, tables_z.offsets
-            )
-            z_q = torch.tensor(symbols, dtype=torch.float32, device=device).view(1, self.N, *size)
+            symbols = rans.new_decoder(z_string, tables_z).decode(_host(channel))
+            z_q = torch.from_numpy(symbols).to(device, torch.float32).view(1, self.N, *size)
             params = self.h_s(z_q + self.means_hyper)
-            decoder = RansDecoder()
-            decoder.set_stream(y_string)
+            decoder = rans.new_decoder(y_string, tables_y)
 
             def decode(step: CodingStep, decoder=decoder) -> torch.Tensor:
-                symbols = decoder.decode_stream(
-                    ggm.build_indexes(step.scales).tolist(),
-                    tables_y.cdfs,
-                    tables_y.sizes,
-                    tables_y.offsets,
-                )
-                return torch.tensor(symbols, dtype=step.means.dtype, device=device).view_as(
-                    step.means
-                )
+                symbols = decoder.decode(_host(ggm.build_indexes(step.scales)))
+                return torch.from_numpy(symbols).to(device, step.means.dtype).view_as(step.means)
 
             y_hats.append(self.run_schedule(params, decode))
             x_hats.append(self.g_s(y_hats[-1]).clamp_(0, 1))
@@ -666,6 +642,11 @@ class HPCM(CompressionModel):
         model = cls(M=M, N=N, **kwargs)
         model.load_state_dict(state_dict)
         return model
+
+
+def _host(t: torch.Tensor) -> Any:
+    """A tensor's values, flattened, as a NumPy array on the host."""
+    return t.detach().flatten().cpu().numpy()
 
 
 def _listing(keys: list[str], limit: int = 10) -> str:
