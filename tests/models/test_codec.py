@@ -21,12 +21,7 @@ from PIL import Image
 
 import hpcm_models.codec as codec_module
 from hpcm_models import HPCM_BASE, HPCM_MICRO, available_models, get_model
-from hpcm_models.codec import (
-    ImageCodec,
-    config_hash,
-    deterministic_coding,
-    weights_hash,
-)
+from hpcm_models.codec import ImageCodec
 from hpcm_models.container import (
     Header,
     ImageMode,
@@ -36,6 +31,7 @@ from hpcm_models.container import (
     read_container,
     write_container,
 )
+from hpcm_models.devices import deterministic_coding
 from hpcm_models.entropy import RansTables as _RansTables
 from hpcm_models.errors import (
     BitstreamError,
@@ -49,6 +45,7 @@ from hpcm_models.errors import (
     UnsupportedFormatError,
     WeightsMismatchError,
 )
+from hpcm_models.hashes import config_hash, weights_hash
 from hpcm_models.image_io import read_image
 
 MICRO = HPCM_MICRO  # the full coding schedule with the narrowest transforms

@@ -15,7 +15,8 @@ from PIL import Image
 import hpcm_models.image_io as codec_module
 from hpcm_models import HPCM_MICRO, get_model
 from hpcm_models.checkpoints import load_checkpoint, model_kwargs_to_json, random_model
-from hpcm_models.codec import ImageCodec, compress_file, decompress_file
+from hpcm_models.codec import ImageCodec
+from hpcm_models.codec_files import compress_file, decompress_file
 from hpcm_models.devices import resolve_device
 from hpcm_models.entropy import CODING_BUFFERS
 from hpcm_models.errors import (

@@ -1,40 +1,37 @@
-"""Images ⇄ ``.hpcm`` files: what ``hpcm compress`` and ``hpcm decompress`` run.
+"""Images ⇄ ``.hpcm`` bytes: the codec and its coding schedule.
 
 :class:`ImageCodec` wraps an HPCM model (any registered variant) and codes one image per file:
-Pillow image → 8-bit RGB planes (gray coded as RGB, alpha kept losslessly) → edge-replicated to a
-multiple of 128 → the model's hyperprior and 11-step context model → rANS streams in a checksummed
-container (:mod:`hpcm_models.container`, ``docs/format.md``), and back.
+Pillow image → 8-bit RGB planes (gray coded as RGB, alpha kept losslessly;
+:mod:`hpcm_models.image_io`) → edge-replicated to a multiple of 128 → the model's hyperprior and
+11-step context model → rANS streams (:mod:`hpcm_models.rans`) in a checksummed container
+(:mod:`hpcm_models.container`, ``docs/format.md``), and back. :mod:`hpcm_models.codec_files`
+does the same from and to files.
 
 Safety, by construction:
 
 * The container is validated completely (sizes, limits, CRCs) before anything else.
 * The model must match the file: the registry name, a hash of the weights and a hash of the
-  architecture and rANS tables are compared before decoding (:class:`WeightsMismatchError`).
-* CompressAI's rANS decoder does not check bounds. It only ever gets CRC-checked streams, and its
-  tables here have no escape ("bypass") symbol, so it reads at most one 32-bit word per symbol
-  (plus the 8-byte initial state); every stream is handed over with zero padding up to
-  ``8 + 4 · symbols`` bytes, so even a desynchronized decoder stays inside its buffer. Latents
-  outside a table's range are sent in a separate ESCAPES stream. See ``docs/format.md``.
+  architecture and rANS tables (:mod:`hpcm_models.hashes`) are compared before decoding
+  (:class:`WeightsMismatchError`).
+* The rANS decoder only ever gets CRC-checked streams with escape-free tables, padded so that
+  even a desynchronized decoder stays inside its buffer (:mod:`hpcm_models.rans`).
 * The decoder hashes the integer latents it decoded and refuses the image if the hash differs from
   the encoder's (:class:`DecodeMismatchError`): a desync (e.g. encoder and decoder on devices with
   different floating-point results) is never returned as an image.
-* Coding runs under :func:`deterministic_coding`; the same image gives the same bytes every time.
+* Coding runs under :func:`~hpcm_models.devices.deterministic_coding`; the same image gives the
+  same bytes every time.
+
+The module is one class on purpose (a little over 500 lines): the encoder's and the decoder's
+halves of :class:`ImageCodec` must mirror each other step for step, so they stay side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
-import json
-import os
-import struct
-import time
-import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,41 +43,30 @@ from .acceleration import (
     RecentGraphs,
     Split,
     check_precision,
-    fp32_precision,
     precision,
 )
-from .checkpoints import to_json
 from .container import (
-    HASH_BYTES,
     Header,
-    ImageMode,
     Limits,
     StreamKind,
     make_header_streams,
     read_container,
     write_container,
 )
-from .entropy import CODING_BUFFERS
+from .devices import deterministic_coding
 from .errors import (
     CorruptBitstreamError,
     DecodeMismatchError,
-    FileAccessError,
     WeightsMismatchError,
 )
+from .hashes import config_hash, latent_hasher, weights_hash
 from .hpcm import geometry as geo
 from .hpcm.model import HPCM
 from .image_io import (
-    check_format_keeps,
     check_image_size,
     image_planes,
-    output_format,
     pad_to_multiple,
-    read_file,
-    read_image,
     restore_image,
-    same_file,
-    write_atomic,
-    write_image,
 )
 from .rans import (
     SymbolReader,
@@ -93,149 +79,16 @@ from .rans import (
 from .registry import registered_name
 
 __all__ = [
-    "CompressReport",
     "DecodedImage",
-    "DecompressReport",
     "EncodedImage",
     "ImageCodec",
-    "compress_file",
-    "config_hash",
     "decode_image",
-    "decompress_file",
-    "deterministic_coding",
     "encode_image",
-    "weights_hash",
 ]
 
 #: Downsampling of the latent ``y`` and of the hyper-latent ``z`` relative to the image (HPCM).
 Y_STRIDE = 16
 Z_STRIDE = 64
-
-
-# Attributes of the RWKV variants that change the architecture (beyond M, N and the config).
-_ARCH_ATTRIBUTES = ("cell_hidden_rates", "fusion_hidden_rate", "fusion_blocks", "prior_hidden_rate")
-
-_CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
-
-
-# ---------------------------------------------------------------------------- determinism
-
-
-@contextlib.contextmanager
-def deterministic_coding(device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run the enclosed code with deterministic, full-precision float32 settings; restore after.
-
-    Sets ``torch.use_deterministic_algorithms(True)``, every ``fp32_precision`` of
-    ``torch.backends`` to ``"ieee"`` (no TF32 for matmuls and convolutions on CUDA, no bf16 in
-    oneDNN on CPU), and makes cuDNN deterministic without autotuning. On CUDA, cuBLAS is
-    deterministic on one stream; PyTorch additionally asks for ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
-    (read at the first matmul of the process; ``hpcm compress/decompress`` set it). Without it,
-    PyTorch's warning about it is silenced and deterministic mode only warns for ops without a
-    deterministic implementation (none in HPCM's inference). Either way the latent hash refuses
-    any image whose latents the decoder did not reproduce.
-
-    On the CPU, coding runs on one thread: oneDNN/MKL split reductions (e.g. the K dimension of a
-    matrix product) by thread count, and OpenMP may hand out fewer threads under load, so the
-    entropy parameters — and the bytes — would otherwise depend on the machine and its load.
-    """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    saved_threads = torch.get_num_threads()
-    if not cuda:
-        torch.set_num_threads(1)
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.utils.deterministic.fill_uninitialized_memory,
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    warn_only = cuda and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in _CUBLAS_DETERMINISTIC
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*CuBLAS.*", category=UserWarning)
-        torch.use_deterministic_algorithms(True, warn_only=warn_only)
-        # Deterministic mode would fill every torch.empty with NaN; no op here reads such memory.
-        torch.utils.deterministic.fill_uninitialized_memory = False
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        try:
-            with fp32_precision("ieee"):
-                yield
-        finally:
-            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-            torch.utils.deterministic.fill_uninitialized_memory = saved[2]
-            torch.backends.cudnn.deterministic = saved[3]
-            torch.backends.cudnn.benchmark = saved[4]
-            torch.set_num_threads(saved_threads)
-
-
-# ---------------------------------------------------------------------------- hashes
-
-
-def _hasher(person: bytes) -> Any:
-    return hashlib.blake2b(digest_size=HASH_BYTES, person=person)
-
-
-def _latent_hasher(width: int, height: int, mode: ImageMode) -> Any:
-    """The latent hash covers the symbols and the image they belong to (size and mode)."""
-    h = _hasher(b"hpcm-latents")
-    h.update(struct.pack("<IIB", width, height, int(mode)))
-    return h
-
-
-def _update_field(h: Any, data: bytes | memoryview) -> None:
-    h.update(struct.pack("<Q", len(data)))
-    h.update(data)
-
-
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
-def weights_hash(model: torch.nn.Module) -> bytes:
-    """16-byte BLAKE2b of the state dict, without the rANS tables that ``update()`` rebuilds.
-
-    Keys are taken in sorted order; each entry contributes its name, dtype, shape and raw
-    little-endian bytes. Independent of the device the model is on.
-    """
-    h = _hasher(b"hpcm-weights")
-    state = model.state_dict()
-    for key in sorted(state):
-        if key in CODING_BUFFERS:
-            continue
-        t = state[key]
-        _update_field(h, key.encode())
-        _update_field(h, f"{t.dtype}{tuple(t.shape)}".encode())
-        _update_field(h, _tensor_bytes(t))
-    return h.digest()
-
-
-def _architecture(model: HPCM, model_id: str) -> dict[str, Any]:
-    arch: dict[str, Any] = {"model": model_id, "M": model.M, "N": model.N}
-    arch["config"] = to_json(model.config)
-    for name in _ARCH_ATTRIBUTES:
-        if hasattr(model, name):
-            arch[name] = to_json(getattr(model, name))
-    return arch
-
-
-def config_hash(model: HPCM, model_id: str) -> bytes:
-    """16-byte BLAKE2b of the architecture and the rANS tables the codec derives from the model.
-
-    Covers the registry name, M, N, every :class:`~hpcm_models.HPCMConfig` field, the RWKV
-    variants' width and depth settings, the scale table and the quantized CDFs (so weights coded
-    with other tables, e.g. another scale table, are refused instead of desynchronizing).
-    """
-    h = _hasher(b"hpcm-config")
-    _update_field(h, json.dumps(_architecture(model, model_id), sort_keys=True).encode())
-    _update_field(h, _tensor_bytes(model.entropy_estimation.scale_table.float()))
-    for latent in ("z", "y"):
-        tables = model.entropy_estimation.rans_tables(latent, escapes=False)
-        for row in tables.cdfs:
-            _update_field(h, np.asarray(row, dtype="<i4").tobytes())
-        _update_field(h, np.asarray(tables.offsets, dtype="<i4").tobytes())
-    return h.digest()
 
 
 # ---------------------------------------------------------------------------- rANS
@@ -245,9 +98,6 @@ def _scale_indexes(model: HPCM, scales: torch.Tensor) -> torch.Tensor:
     """Row of the y table for each scale (:meth:`GeneralizedGaussian.build_indexes`); the one
     place where encoder and decoder ask for it."""
     return model.entropy_estimation.build_indexes(scales)
-
-
-# ---------------------------------------------------------------------------- images
 
 
 # ---------------------------------------------------------------------------- the codec
@@ -304,9 +154,9 @@ class ImageCodec:
     The rANS tables and the model's hashes are prepared once, at construction: build a new codec
     after changing the weights. The model's rANS tables are built with ``model.update()`` if they
     are empty. Coding runs on the model's device, in eval mode, under
-    :func:`deterministic_coding`: everything that decides the coded bits (``g_a``, the
-    hyperprior, the 11-step context model) runs in IEEE float32 with deterministic kernels, so
-    encoder and decoder compute identical entropy parameters.
+    :func:`~hpcm_models.devices.deterministic_coding`: everything that decides the coded bits
+    (``g_a``, the hyperprior, the 11-step context model) runs in IEEE float32 with deterministic
+    kernels, so encoder and decoder compute identical entropy parameters.
 
     On CUDA the network part of coding is launch-bound (~1,000 small kernels per image), so the
     codec records it in CUDA graphs per padded image size (:class:`~hpcm_models.acceleration.
@@ -418,7 +268,7 @@ class ImageCodec:
         # input would propagate through every layer, and the schedule's views need NCHW.
         x = pad_to_multiple(x.div_(255), self.model.INPUT_MULTIPLE).contiguous()
         with self._coding():
-            coded = self._encode_latents(x, _latent_hasher(width, height, mode))
+            coded = self._encode_latents(x, latent_hasher(width, height, mode))
         streams = [(StreamKind.Z, coded.z_stream), (StreamKind.Y, coded.y_stream)]
         if coded.escape_count:
             streams.append((StreamKind.ESCAPES, coded.escape_stream))
@@ -603,7 +453,7 @@ class ImageCodec:
         y_count: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _model, device = self.model, self.device
-        hasher = _latent_hasher(header.width, header.height, header.mode)
+        hasher = latent_hasher(header.width, header.height, header.mode)
         N, zh, zw = header.z_shape
         z_reader = SymbolReader(
             streams[StreamKind.Z], z_count, self._tables["z"], hasher, escapes, 0
@@ -678,123 +528,3 @@ def encode_image(model: HPCM, image: Image.Image, *, model_id: str | None = None
 def decode_image(model: HPCM, data: bytes, *, model_id: str | None = None) -> Image.Image:
     """Decompress one ``.hpcm`` file with ``model`` (see :class:`ImageCodec`)."""
     return ImageCodec(model, model_id).decode(data)
-
-
-# ---------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class _CodingReport:
-    """What a file-level coding call did. ``bpp`` counts the whole file; ``seconds`` the coding."""
-
-    source: Path
-    target: Path
-    width: int
-    height: int
-    mode: str
-    num_bytes: int
-    bpp: float
-    seconds: float
-    model_id: str
-    device: str
-
-    _verb: ClassVar[str] = "code"
-
-    def summary(self) -> str:
-        return (
-            f"{self.source} -> {self.target}: {self.width}x{self.height} {self.mode}, "
-            f"{self.num_bytes} bytes, {self.bpp:.4f} bpp ({self.model_id} on {self.device}, "
-            f"{self._verb} {self.seconds:.2f} s)"
-        )
-
-
-class CompressReport(_CodingReport):
-    """What :func:`compress_file` did. ``bpp`` counts the whole file; ``seconds`` the encoding."""
-
-    _verb = "encode"
-
-
-class DecompressReport(_CodingReport):
-    """What :func:`decompress_file` did. ``bpp`` counts the whole file; ``seconds`` the decoding."""
-
-    _verb = "decode"
-
-
-def compress_file(
-    source: str | os.PathLike[str],
-    target: str | os.PathLike[str],
-    model: HPCM | Callable[[], HPCM],
-    *,
-    model_id: str | None = None,
-    limits: Limits | None = None,
-) -> CompressReport:
-    """Compress an image file into a ``.hpcm`` file (written atomically).
-
-    Args:
-        source: any image Pillow reads (one frame).
-        target: the file to write; nothing is written on error.
-        model: the model, or a function that builds it (called after the image was read, so a bad
-            image fails before a checkpoint is loaded).
-        model_id: registry name, if it cannot be found from the model's class.
-    """
-    source, target = Path(source), Path(target)
-    if same_file(source, target):
-        raise FileAccessError(f"refusing to overwrite the input {str(source)!r}")
-    image = read_image(source, limits)
-    image_planes(image)  # fail on an unsupported mode before loading a model
-    codec = ImageCodec(model if isinstance(model, HPCM) else model(), model_id, limits=limits)
-    start = time.perf_counter()
-    data = codec.encode(image)
-    seconds = time.perf_counter() - start
-    write_atomic(target, lambda f: f.write(data))
-    return CompressReport(
-        source, target, image.width, image.height, image.mode, len(data),
-        8 * len(data) / (image.width * image.height), seconds, codec.model_id, str(codec.device),
-    )  # fmt: skip
-
-
-def decompress_file(
-    source: str | os.PathLike[str],
-    target: str | os.PathLike[str],
-    model: HPCM | Callable[[Header], HPCM],
-    *,
-    limits: Limits | None = None,
-) -> DecompressReport:
-    """Decompress a ``.hpcm`` file into an image file (format by extension, lossless only).
-
-    Args:
-        source: the ``.hpcm`` file.
-        target: the image to write (``.png`` recommended); nothing is written on error.
-        model: the model, or a function ``header -> model`` (called after the file was validated,
-            so a damaged file fails before a checkpoint is loaded).
-
-    Raises:
-        BitstreamError: damaged file, other weights, desynchronized decoder (subclasses).
-        ImageError: the output format cannot hold the image (e.g. RGBA as .ppm).
-    """
-    source, target = Path(source), Path(target)
-    limits = limits or Limits()
-    fmt = output_format(target)
-    if same_file(source, target):
-        raise FileAccessError(f"refusing to overwrite the input {str(source)!r}")
-    if not target.parent.is_dir():
-        raise FileAccessError(f"cannot write {str(target)!r}: directory missing")
-    data = read_file(source, limits.max_file_bytes)
-    header, _ = read_container(data, limits)
-    check_format_keeps(header.mode.name, fmt)
-    resolved = model if isinstance(model, HPCM) else model(header)
-    with contextlib.suppress(ValueError):  # an unregistered class: the config hash decides
-        if registered_name(resolved) != header.model_id:
-            raise WeightsMismatchError(
-                f"the file was encoded with model {header.model_id!r}, not "
-                f"{registered_name(resolved)!r}"
-            )
-    codec = ImageCodec(resolved, header.model_id, limits=limits)
-    start = time.perf_counter()
-    image = codec.decode(data)
-    seconds = time.perf_counter() - start
-    write_image(target, image, fmt)
-    return DecompressReport(
-        source, target, image.width, image.height, image.mode, len(data),
-        8 * len(data) / (image.width * image.height), seconds, codec.model_id, str(codec.device),
-    )  # fmt: skip

@@ -105,7 +105,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpcm_models.checkpoints import load_checkpoint
-    from hpcm_models.codec import compress_file
+    from hpcm_models.codec_files import compress_file
 
     device = prepare_device(args.device)
     if args.random_weights and args.model is None:

@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpcm_models.checkpoints import load_checkpoint
-    from hpcm_models.codec import decompress_file
+    from hpcm_models.codec_files import decompress_file
 
     device = prepare_device(args.device)
 
