@@ -20,8 +20,10 @@ from hpcm_models.checkpoints import (
     model_kwargs_to_json,
 )
 from hpcm_models.cli import main
+from hpcm_models.datasets import PatchDataset, find_images
 from hpcm_models.entropy import CODING_BUFFERS
-from hpcm_models.training import LRSchedule, PatchDataset, RateDistortionLoss, find_images
+from hpcm_models.losses import RateDistortionLoss
+from hpcm_models.training import LRSchedule
 
 DATA = Path(hpcm_models.__file__).parent / "data"
 

@@ -424,7 +424,7 @@ class GraphedTrainStep:
         model: the model, in training mode, on a CUDA device.
         optimizer: see above.
         loss_fn: ``loss_fn(output, batch) -> {"loss": scalar, ...}`` (e.g.
-            :class:`~hpcm_models.training.RateDistortionLoss`).
+            :class:`~hpcm_models.losses.RateDistortionLoss`).
         example: a batch of the shape and dtype every step will get.
         amp: bf16 autocast of the forward pass.
         max_norm: gradient clipping norm (``inf``: measure the norm, do not clip).

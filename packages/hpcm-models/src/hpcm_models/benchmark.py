@@ -308,7 +308,7 @@ def _bench_model(
 ) -> ModelResult:
     from .acceleration import GraphedForward, GraphedTrainStep, capturable_adam
     from .checkpoints import build_model
-    from .training import RateDistortionLoss
+    from .losses import RateDistortionLoss
 
     width, height = size
     if progress:

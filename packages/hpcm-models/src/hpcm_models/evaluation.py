@@ -30,6 +30,7 @@ import torch
 from .devices import synchronize
 from .errors import DecodeMismatchError, ResultsFormatError
 from .image_io import read_image
+from .losses import MS_SSIM_MIN_SIDE
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -92,10 +93,6 @@ def psnr(original: torch.Tensor | np.ndarray, decoded: torch.Tensor | np.ndarray
         )
     mse = float((a - b).pow(2).mean())
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
-#: pytorch-msssim's 5-scale MS-SSIM (11-tap window) needs both sides larger than 160 pixels.
-MS_SSIM_MIN_SIDE = 161
 
 
 def rgb_ms_ssim(

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from hpcm_models.checkpoints import load_checkpoint, random_model
     from hpcm_models.cli.compress import prepare_device
     from hpcm_models.codec import ImageCodec
+    from hpcm_models.datasets import find_images
     from hpcm_models.evaluation import (
         RDCurve,
         evaluate_codec,
@@ -80,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
         reference_curves,
         results_document,
     )
-    from hpcm_models.training import find_images
 
     if bool(args.checkpoint) == bool(args.random_weights):
         raise HPCMError("give --checkpoint CKPT [CKPT ...] or --random-weights (not both)")
