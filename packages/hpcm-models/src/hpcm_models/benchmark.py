@@ -306,105 +306,135 @@ def _bench_model(
     fast_precision: str,
     progress: Callable[[str], None] | None,
 ) -> ModelResult:
-    from .acceleration import GraphedForward, GraphedTrainStep, capturable_adam
     from .checkpoints import build_model
-    from .losses import RateDistortionLoss
 
-    width, height = size
-    if progress:
-        progress(f"{name}: building")
+    say = progress or (lambda message: None)
+    say(f"{name}: building")
     torch.manual_seed(0)
     model = build_model(name, model_kwargs or {}).to(device).eval()
+    width, height = size
     x = torch.rand(1, 3, height, width, device=device)
+    say(f"{name}: eval forward at {width}x{height}")
+    result = _bench_eval(name, model, x, repeat, warmup, amp)
+    if fast:
+        say(f"{name}: eval forward, CUDA graph, {fast_precision}")
+        _bench_fast_eval(result, model, x, fast_precision, repeat, warmup)
+    if train_size is not None:
+        say(f"{name}: training step at {train_batch}x{train_size[0]}x{train_size[1]}")
+        batch = torch.rand(train_batch, 3, train_size[1], train_size[0], device=device)
+        _bench_train(result, model, batch, repeat, warmup, amp)
+        if fast:
+            say(f"{name}: training step, CUDA graph, bf16, channels-last")
+            _bench_fast_train(result, model, batch, repeat, warmup)
+        del batch
+    return result
+
+
+def _bench_eval(
+    name: str, model: nn.Module, x: torch.Tensor, repeat: int, warmup: int, amp: bool
+) -> ModelResult:
+    """FLOPs, latency and peak memory of the eager eval forward."""
+    device = x.device
 
     def forward(model: nn.Module = model, x: torch.Tensor = x) -> None:
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
             model(x, training=False)
 
-    if progress:
-        progress(f"{name}: eval forward at {width}x{height}")
     counted, wkv = count_flops(forward)  # doubles as the first warm-up run
     times = time_ms(forward, device, repeat, warmup)
     peak = _peak_mib(forward, device)
-    result = ModelResult(
+    return ModelResult(
         model=name,
         params=_params(model),
-        size=size,
+        size=(x.shape[-1], x.shape[-2]),
         flops_counted=counted,
         flops_biwkv4=wkv,
         eval_ms=statistics.median(times),
         eval_ms_runs=times,
         eval_peak_mib=peak,
     )
-    if fast:
-        if progress:
-            progress(f"{name}: eval forward, CUDA graph, {fast_precision}")
-        torch.cuda.empty_cache()
-        graphed = GraphedForward(model, precision=fast_precision)
 
-        def fast_forward(graphed: GraphedForward = graphed, x: torch.Tensor = x) -> Any:
-            return graphed(x)
 
-        result.fast_precision = fast_precision
-        result.eval_fast_ms_runs = time_ms(fast_forward, device, repeat, warmup + 1)
-        result.eval_fast_ms = statistics.median(result.eval_fast_ms_runs)
-        result.eval_fast_reserved_mib = torch.cuda.memory_reserved(device) / 2**20
-        with torch.no_grad():
-            exact = _bits(model(x, training=False))
-        result.eval_fast_bits_rel_diff = abs(_bits(fast_forward()) - exact) / exact
-        del graphed
-    if train_size is not None:
-        if progress:
-            progress(f"{name}: training step at {train_batch}x{train_size[0]}x{train_size[1]}")
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        criterion = RateDistortionLoss(0.013)
-        batch = torch.rand(train_batch, 3, train_size[1], train_size[0], device=device)
+def _bench_fast_eval(
+    result: ModelResult, model: nn.Module, x: torch.Tensor, precision: str, repeat: int, warmup: int
+) -> None:
+    """The eval forward replayed from a CUDA graph in ``precision``, against the eager one."""
+    from .acceleration import GraphedForward
 
-        def step(
-            model: nn.Module = model,
-            batch: torch.Tensor = batch,
-            optimizer: torch.optim.Optimizer = optimizer,
-            criterion: RateDistortionLoss = criterion,
-        ) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                out = model(batch)
-            criterion(out, batch)["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+    device = x.device
+    torch.cuda.empty_cache()
+    graphed = GraphedForward(model, precision=precision)
 
-        train_times = time_ms(step, device, repeat, warmup)
-        result.train_size = train_size
-        result.train_batch = train_batch
-        result.train_step_ms = statistics.median(train_times)
-        result.train_step_ms_runs = train_times
-        result.train_peak_mib = _peak_mib(step, device)
-        del optimizer
-        if fast:
-            if progress:
-                progress(f"{name}: training step, CUDA graph, bf16, channels-last")
-            torch.cuda.empty_cache()
-            model.to(memory_format=torch.channels_last)
-            fused = capturable_adam(model.parameters(), 1e-4, device)
-            cl_batch = batch.contiguous(memory_format=torch.channels_last)
-            graphed_step = GraphedTrainStep(
-                model, fused, criterion, cl_batch, amp=True, max_norm=1.0
-            )
+    def fast_forward(graphed: GraphedForward = graphed, x: torch.Tensor = x) -> Any:
+        return graphed(x)
 
-            def fast_step(
-                graphed_step: GraphedTrainStep = graphed_step,
-                cl_batch: torch.Tensor = cl_batch,
-            ) -> None:
-                graphed_step(cl_batch)
+    result.fast_precision = precision
+    result.eval_fast_ms_runs = time_ms(fast_forward, device, repeat, warmup + 1)
+    result.eval_fast_ms = statistics.median(result.eval_fast_ms_runs)
+    result.eval_fast_reserved_mib = torch.cuda.memory_reserved(device) / 2**20
+    with torch.no_grad():
+        exact = _bits(model(x, training=False))
+    result.eval_fast_bits_rel_diff = abs(_bits(fast_forward()) - exact) / exact
 
-            result.train_fast_ms_runs = time_ms(fast_step, device, repeat, warmup)
-            result.train_fast_ms = statistics.median(result.train_fast_ms_runs)
-            result.train_fast_reserved_mib = torch.cuda.memory_reserved(device) / 2**20
-            del graphed_step, fused, cl_batch
-            model.to(memory_format=torch.contiguous_format)
-        del batch
-    return result
+
+def _bench_train(
+    result: ModelResult, model: nn.Module, batch: torch.Tensor, repeat: int, warmup: int, amp: bool
+) -> None:
+    """One eager training step: forward with noise, RD loss, backward, clipping, Adam."""
+    from .losses import RateDistortionLoss
+
+    device = batch.device
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    criterion = RateDistortionLoss(0.013)
+
+    def step(
+        model: nn.Module = model,
+        batch: torch.Tensor = batch,
+        optimizer: torch.optim.Optimizer = optimizer,
+        criterion: RateDistortionLoss = criterion,
+    ) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            out = model(batch)
+        criterion(out, batch)["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    train_times = time_ms(step, device, repeat, warmup)
+    result.train_size = (batch.shape[-1], batch.shape[-2])
+    result.train_batch = batch.shape[0]
+    result.train_step_ms = statistics.median(train_times)
+    result.train_step_ms_runs = train_times
+    result.train_peak_mib = _peak_mib(step, device)
+
+
+def _bench_fast_train(
+    result: ModelResult, model: nn.Module, batch: torch.Tensor, repeat: int, warmup: int
+) -> None:
+    """The training step replayed from one CUDA graph (bf16, channels-last, fused Adam)."""
+    from .acceleration import GraphedTrainStep, capturable_adam
+    from .losses import RateDistortionLoss
+
+    device = batch.device
+    torch.cuda.empty_cache()
+    model.to(memory_format=torch.channels_last)
+    fused = capturable_adam(model.parameters(), 1e-4, device)
+    cl_batch = batch.contiguous(memory_format=torch.channels_last)
+    graphed_step = GraphedTrainStep(
+        model, fused, RateDistortionLoss(0.013), cl_batch, amp=True, max_norm=1.0
+    )
+
+    def fast_step(
+        graphed_step: GraphedTrainStep = graphed_step, cl_batch: torch.Tensor = cl_batch
+    ) -> None:
+        graphed_step(cl_batch)
+
+    result.train_fast_ms_runs = time_ms(fast_step, device, repeat, warmup)
+    result.train_fast_ms = statistics.median(result.train_fast_ms_runs)
+    result.train_fast_reserved_mib = torch.cuda.memory_reserved(device) / 2**20
+    del graphed_step, fused, cl_batch
+    model.to(memory_format=torch.contiguous_format)
 
 
 def _bits(output: Mapping[str, Any]) -> float:

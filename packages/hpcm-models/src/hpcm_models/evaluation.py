@@ -242,6 +242,16 @@ def _mean_gap(
     return float((area2 - area1) / (hi - lo)), float(lo), float(hi)
 
 
+def _log_rates(
+    rates_a: Sequence[float], rates_b: Sequence[float], what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The natural logs of both curves' rates, which must be positive."""
+    for name, rates in (("A", rates_a), ("B", rates_b)):
+        if any(not r > 0 for r in rates):
+            raise ValueError(f"{what}: expected positive rates for curve {name}, got {list(rates)}")
+    return np.log(np.asarray(rates_a, dtype=np.float64)), np.log(np.asarray(rates_b, np.float64))
+
+
 def bd_rate(
     rates_a: Sequence[float],
     quality_a: Sequence[float],
@@ -264,13 +274,9 @@ def bd_rate(
         ValueError: for fewer than 2 points, repeated or non-finite values, non-positive rates,
             or quality ranges that do not overlap.
     """
-    for name, rates in (("A", rates_a), ("B", rates_b)):
-        if any(not r > 0 for r in rates):
-            raise ValueError(
-                f"BD-rate: expected positive rates for curve {name}, got {list(rates)}"
-            )
-    qa, la = _prepare(quality_a, np.log(np.asarray(rates_a, dtype=np.float64)), "BD-rate, curve A")
-    qb, lb = _prepare(quality_b, np.log(np.asarray(rates_b, dtype=np.float64)), "BD-rate, curve B")
+    log_a, log_b = _log_rates(rates_a, rates_b, "BD-rate")
+    qa, la = _prepare(quality_a, log_a, "BD-rate, curve A")
+    qb, lb = _prepare(quality_b, log_b, "BD-rate, curve B")
     gap, _, _ = _mean_gap(qa, la, qb, lb, "BD-rate")
     return 100 * math.expm1(gap)
 
@@ -284,13 +290,9 @@ def bd_psnr(
     """Bjøntegaard delta quality (BD-PSNR for PSNR curves) of B against A, in dB (positive: B is
     better at the same rate): quality interpolated (pchip) over log-rate, mean difference over the
     shared log-rate range. Arguments and errors as for :func:`bd_rate`."""
-    for name, rates in (("A", rates_a), ("B", rates_b)):
-        if any(not r > 0 for r in rates):
-            raise ValueError(
-                f"BD-PSNR: expected positive rates for curve {name}, got {list(rates)}"
-            )
-    la, qa = _prepare(np.log(np.asarray(rates_a, dtype=np.float64)), quality_a, "BD-PSNR, curve A")
-    lb, qb = _prepare(np.log(np.asarray(rates_b, dtype=np.float64)), quality_b, "BD-PSNR, curve B")
+    log_a, log_b = _log_rates(rates_a, rates_b, "BD-PSNR")
+    la, qa = _prepare(log_a, quality_a, "BD-PSNR, curve A")
+    lb, qb = _prepare(log_b, quality_b, "BD-PSNR, curve B")
     gap, _, _ = _mean_gap(la, qa, lb, qb, "BD-PSNR")
     return gap
 
