@@ -333,25 +333,13 @@ def plot_rd(
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     try:
-        for curve in references:
-            order = np.argsort(curve.rates)
-            ax.plot(
-                np.asarray(curve.rates)[order],
-                np.asarray(curve.quality)[order],
-                "--",
-                marker=".",
-                alpha=0.7,
-                label=curve.name,
-            )
-        for curve in curves:
-            order = np.argsort(curve.rates)
-            ax.plot(
-                np.asarray(curve.rates)[order],
-                np.asarray(curve.quality)[order],
-                "-",
-                marker="o",
-                label=curve.name,
-            )
+        reference_style = {"linestyle": "--", "marker": ".", "alpha": 0.7}
+        curve_style = {"linestyle": "-", "marker": "o"}
+        for group, style in ((references, reference_style), (curves, curve_style)):
+            for curve in group:
+                order = np.argsort(curve.rates)
+                rates, quality = np.asarray(curve.rates)[order], np.asarray(curve.quality)[order]
+                ax.plot(rates, quality, label=curve.name, **style)
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "MS-SSIM (dB)")
         ax.grid(True, alpha=0.3)
