@@ -16,6 +16,9 @@ them with one call. Everything here is shape-specialized: build one object per i
 Nothing here changes what is computed, only how it is launched; the precision mode is the one
 knob that changes arithmetic, and the codec keeps everything that decides the coded bits in
 IEEE float32 (see :class:`hpcm_models.ImageCodec`).
+
+One module (a little over 500 lines): the graph classes share the side stream they warm up and
+capture on, and the precision modes.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ are not counted, as is usual for learned codecs.
 Latencies are medians of ``repeat`` timed runs after ``warmup`` untimed ones, synchronized on
 CUDA; peak memory is ``torch.cuda.max_memory_allocated`` over one run (CUDA only: there is no
 allocator statistic on CPU). ``hpcm bench`` prints the tables and writes the JSON.
+
+One module (about 600 lines): the model and the cell benchmarks share the FLOP, timing and memory
+helpers, and their result classes and tables are read together.
 """
 
 from __future__ import annotations

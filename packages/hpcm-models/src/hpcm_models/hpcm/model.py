@@ -2,7 +2,12 @@
 
 Module names, shapes and computations are those of the official implementation (LIC-HPCM,
 ``src/models/HPCM_Base.py`` / ``HPCM_Large.py``), so its checkpoints load with ``strict=True`` and
-an eval-mode forward reproduces its outputs. Entropy coding uses CompressAI's rANS.
+an eval-mode forward reproduces its outputs. Entropy coding uses CompressAI's rANS
+(:mod:`hpcm_models.rans`) with the entropy model's tables (:mod:`hpcm_models.entropy`).
+
+One module for the whole model (about 650 lines), as the official file it mirrors name for name:
+its construction hooks, the coding schedule, the CompressAI contract and checkpoint loading are
+read against that file side by side.
 """
 
 from __future__ import annotations
