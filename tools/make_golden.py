@@ -82,6 +82,7 @@ CASES: tuple[Case, ...] = (
     Case("hpcm-base", "chelsea.png", "RGB", 150, 90, 31, 29, lively=False),  # latents near 0
     Case("hpcm-large", "camera.png", "L", 70, 40, 45, 31),  # gray
     Case("hpcm-phase1", "chelsea.png", "RGBA", 120, 80, 33, 17),  # alpha
+    Case("hpcm-phase1-lite", "astronaut.png", "RGB", 30, 150, 47, 19),
     Case("hpcm-phase2", "astronaut.png", "RGB", 90, 30, 40, 40),
     Case("hpcm-phase3", "camera.png", "LA", 20, 100, 24, 41),  # gray with alpha
     Case("hpcm-phase4", "coffee.png", "RGB", 200, 120, 29, 64),

@@ -262,6 +262,11 @@ def test_dataset_and_schedule_helpers(images: Path) -> None:
     assert a.shape == (3, 256, 256)
     assert torch.equal(a, b)  # a sample is a function of its seed
     assert not torch.equal(a, dataset[(0, 124)])
+    cached = PatchDataset(files, 256, cache=True)
+    assert cached.files == dataset.files
+    assert cached.skipped == dataset.skipped
+    for index in range(len(dataset)):  # the in-memory crops are the decoded crops
+        assert torch.equal(cached[(index, 7 + index)], dataset[(index, 7 + index)])
     schedule = LRSchedule.hpcm(3001)
     assert [schedule(s) for s in (0, 2749, 2750, 2850, 2950, 3000)] == [1, 1, 0.3, 0.1, 0.01, 0.01]
 

@@ -42,6 +42,7 @@ from .hpcm import (
 from .phases import (
     HPCMRWKV,
     HPCMPhase1,
+    HPCMPhase1Lite,
     HPCMPhase2,
     HPCMPhase3,
     HPCMPhase4,
@@ -77,6 +78,7 @@ __all__ = [
     "HPCMError",
     "HPCMLarge",
     "HPCMPhase1",
+    "HPCMPhase1Lite",
     "HPCMPhase2",
     "HPCMPhase3",
     "HPCMPhase4",

@@ -8,14 +8,17 @@ are not counted, as is usual for learned codecs.
 
 Latencies are medians of ``repeat`` timed runs after ``warmup`` untimed ones, synchronized on
 CUDA; peak memory is ``torch.cuda.max_memory_allocated`` over one run (CUDA only: there is no
-allocator statistic on CPU). ``hpcm bench`` prints the tables and writes the JSON.
+allocator statistic on CPU). The context cells are also timed replayed from a CUDA graph, their
+memory is counted as what the cell itself needs (:func:`bench_cells`), and their launches as
+dispatched ops (:func:`count_ops`). ``hpcm bench`` prints the tables and writes the JSON.
 
-One module (about 600 lines): the model and the cell benchmarks share the FLOP, timing and memory
-helpers, and their result classes and tables are read together.
+One module (about 750 lines): the model and the cell benchmarks share the FLOP, op-count, timing
+and memory helpers, and their result classes and tables are read together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -30,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .devices import synchronize
 
@@ -38,12 +42,17 @@ __all__ = [
     "BIWKV4_FORWARD_FLOPS_PER_ELEMENT",
     "CELL_SIZES",
     "CellResult",
+    "CellWorkload",
     "ModelResult",
     "as_dict",
     "bench_cells",
     "bench_models",
     "biwkv4_flops",
+    "cell_workload",
+    "context_cells",
     "count_flops",
+    "count_ops",
+    "format_cell_ratios",
     "format_cell_table",
     "format_fast_table",
     "format_model_table",
@@ -109,6 +118,37 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, int]:
     by_op = counter.get_flop_counts().get("Global", {})
     wkv = sum(v for op, v in by_op.items() if op in ops or str(op).startswith("biwkv4_kernel."))
     return int(counter.get_total_flops() - wkv), int(wkv)
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        computes = any(str(r.type) in ("Tensor", "Tensor[]") for r in returns) and not any(
+            r.alias_info is not None for r in returns
+        )
+        if computes and func.overloadpacket not in _NO_WORK_OPS:
+            self.count += 1
+        return out
+
+
+# Ops that return fresh tensors without running a kernel.
+_NO_WORK_OPS = (torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided)
+
+
+def count_ops(fn: Callable[[], Any]) -> int:
+    """Number of ops ``fn()`` dispatches that compute something: every ATen (or custom) op that
+    returns a new tensor, not views, aliases or empty allocations. A device-independent proxy for
+    kernel launches: on CUDA most such ops are one kernel (a custom op such as Bi-WKV's runs
+    3-4, a cuDNN convolution may add a bias kernel)."""
+    counter = _OpCounter()
+    with counter:
+        fn()
+    return counter.count
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -447,7 +487,18 @@ def _bits(output: Mapping[str, Any]) -> float:
 
 @dataclass
 class CellResult:
-    """One context cell at one latent size: ``dim`` channels on ``latent`` = (H, W) positions."""
+    """One context cell at one latent size: ``dim`` channels on ``latent`` = (H, W) positions.
+
+    Times in ms: eager (each call synchronized) and, on CUDA, replayed from a CUDA graph (the
+    mean of back-to-back replays: the device time without launch overhead). Memory in MiB (CUDA
+    only): ``*_mib`` is what the cell needs — its weights, the two inputs, and the peak of what a
+    call allocates on top (activations, outputs and, for fwd+bwd, gradients) — while
+    ``*_peak_mib`` is the raw ``torch.cuda.max_memory_allocated``, which also holds whatever else
+    the process keeps (cuBLAS workspaces, earlier runs). ``ops_*`` are :func:`count_ops` counts.
+    ``precision`` is ``"default"`` (PyTorch's defaults: IEEE float32 matmuls, TF32 cuDNN
+    convolutions), ``"bf16-autocast"`` (defaults under bf16 autocast), or a mode of
+    :func:`hpcm_models.acceleration.precision` (``"fp32"``, ``"tf32"``, ``"bf16"``).
+    """
 
     cell: str
     size_name: str
@@ -460,10 +511,74 @@ class CellResult:
     fwd_bwd_ms: float | None
     fwd_peak_mib: float | None
     fwd_bwd_peak_mib: float | None
+    precision: str = "default"
+    ops_fwd: int | None = None
+    ops_fwd_bwd: int | None = None
+    fwd_graph_ms: float | None = None
+    fwd_bwd_graph_ms: float | None = None
+    fwd_mib: float | None = None
+    fwd_bwd_mib: float | None = None
 
     @property
     def flops(self) -> int:
         return self.flops_counted + self.flops_biwkv4
+
+
+def context_cells(
+    window_size: int = 8, num_heads: int = 32, hidden_rate: float = 4
+) -> dict[str, Callable[[int], nn.Module]]:
+    """The s3 context cells that ``hpcm bench`` compares, by name; ``make(dim)`` builds one:
+    HPCM's ``CrossAttentionCell`` (``window_size``, ``num_heads``, 1×1 projections), phase 1's
+    ``RWKVContextCell`` (``hidden_rate``) and ``RWKVContextCellLite`` (its defaults, as in
+    ``hpcm-phase1-lite``)."""
+    from rwkv_blocks import RWKVContextCell, RWKVContextCellLite
+
+    from .layers import CrossAttentionCell
+
+    return {
+        "CrossAttentionCell": lambda dim: CrossAttentionCell(dim, window_size, num_heads),
+        "RWKVContextCell": lambda dim: RWKVContextCell(dim, hidden_rate=hidden_rate),
+        "RWKVContextCellLite": lambda dim: RWKVContextCellLite(dim),
+    }
+
+
+def _arithmetic(
+    device: torch.device, precision: str | None, amp: bool
+) -> contextlib.AbstractContextManager[None]:
+    if precision is not None:
+        from .acceleration import precision as precision_mode
+
+        return precision_mode(precision, device)
+    # Autocast's weight cache would keep casts made during a CUDA-graph capture.
+    return torch.autocast(device.type, torch.bfloat16, enabled=amp, cache_enabled=False)
+
+
+def _cell_mib(fn: Callable[[], Any], device: torch.device, resident: int) -> tuple[float, float]:
+    """``(resident + peak allocated on top during fn(), raw peak)`` in MiB (CUDA)."""
+    synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return (resident + peak - before) / 2**20, peak / 2**20
+
+
+def _graph_ms(
+    body: Callable[[], Any], device: torch.device, repeat: int, warmup: int, replays: int
+) -> float:
+    """Mean time (ms) of one replay of ``body`` captured in a CUDA graph, from the median of
+    ``repeat`` runs of ``replays`` back-to-back replays."""
+    from .acceleration import GraphChain
+
+    chain = GraphChain(lambda split: body(), device)
+
+    def run() -> None:
+        for _ in range(replays):
+            chain.replay()
+
+    # The chain (its graph and memory pool) goes when this function returns.
+    return statistics.median(time_ms(run, device, repeat, warmup)) / replays
 
 
 def bench_cells(
@@ -471,77 +586,154 @@ def bench_cells(
     device: torch.device,
     dim: int = 640,
     sizes: Mapping[str, tuple[int, int]] | None = None,
-    window_size: int = 8,
-    num_heads: int = 32,
-    hidden_rate: float = 4,
+    cells: Mapping[str, Callable[[int], nn.Module]] | None = None,
     repeat: int = 5,
     warmup: int = 1,
     backward: bool = True,
     amp: bool = False,
+    precision: str | None = None,
+    graph: bool = True,
+    graph_replays: int = 10,
     progress: Callable[[str], None] | None = None,
 ) -> list[CellResult]:
-    """HPCM's s3 context cell (``CrossAttentionCell``, window 8, 32 heads, 1×1 projections) against
-    phase 1's (``RWKVContextCell``, hidden rate 4), alone, on ``[1, dim, H, W]`` maps (one call
-    ``cell(x_t, h_prev)``; HPCM calls the s3 cell 5 times per image). ``dim = 2M = 640`` for the
-    published models."""
-    from rwkv_blocks import RWKVContextCell
+    """Context cells alone on ``[1, dim, H, W]`` maps, one call ``cell(x_t, h_prev)`` (HPCM calls
+    the s3 cell 5 times per image; ``dim = 2M = 640`` for the published models).
 
-    from .layers import CrossAttentionCell
+    Forward (no grad) and forward+backward (the gradients of both inputs and every parameter
+    of ``mean(h_t²)``), eagerly and, on CUDA with ``graph``, replayed from CUDA graphs.
 
-    cells: dict[str, Callable[[], nn.Module]] = {
-        "CrossAttentionCell": lambda: CrossAttentionCell(dim, window_size, num_heads),
-        "RWKVContextCell": lambda: RWKVContextCell(dim, hidden_rate=hidden_rate),
-    }
+    Args:
+        device: where to run.
+        dim: channels.
+        sizes: name → latent (H, W); default :data:`CELL_SIZES`.
+        cells: name → ``make(dim)``; default :func:`context_cells`.
+        repeat, warmup: timed and untimed runs.
+        backward: also time forward+backward.
+        amp: bf16 autocast over PyTorch's default settings (``precision`` must then be None).
+        precision: ``"fp32"``, ``"tf32"`` or ``"bf16"`` (see
+            :func:`hpcm_models.acceleration.precision`); None: PyTorch's defaults.
+        graph: also time CUDA-graph replays (CUDA only).
+        graph_replays: back-to-back replays per timed run.
+    """
+    if amp and precision is not None:
+        raise ValueError(f"expected amp=False with precision={precision!r} (bf16 is a precision)")
+    if precision is not None:
+        from .acceleration import check_precision
+
+        check_precision(precision)
+    label = precision or ("bf16-autocast" if amp else "default")
     results = []
     for size_name, (H, W) in (sizes or CELL_SIZES).items():
-        for cell_name, make in cells.items():
+        for cell_name, make in (cells or context_cells()).items():
             if progress:
-                progress(f"{cell_name} at {size_name} ({H}x{W} latents)")
+                progress(f"{cell_name} at {size_name} ({H}x{W} latents), {label}")
             torch.manual_seed(0)
-            cell = make().to(device)
-            x_t = torch.randn(1, dim, H, W, device=device)
-            h_prev = torch.randn(1, dim, H, W, device=device)
-
-            def forward(cell: nn.Module = cell, x_t=x_t, h_prev=h_prev) -> None:
-                with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                    cell(x_t, h_prev)
-
-            counted, wkv = count_flops(forward)
-            fwd = statistics.median(time_ms(forward, device, repeat, warmup))
-            fwd_peak = _peak_mib(forward, device)
-            fwd_bwd = fwd_bwd_peak = None
-            if backward:
-                x_g = x_t.clone().requires_grad_()
-                h_g = h_prev.clone().requires_grad_()
-
-                def train_step(cell: nn.Module = cell, x_g=x_g, h_g=h_g) -> None:
-                    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                        out = cell(x_g, h_g)
-                    out.float().square().mean().backward()
-                    cell.zero_grad(set_to_none=True)
-                    x_g.grad = h_g.grad = None
-
-                fwd_bwd = statistics.median(time_ms(train_step, device, repeat, warmup))
-                fwd_bwd_peak = _peak_mib(train_step, device)
-            results.append(
-                CellResult(
-                    cell=cell_name,
-                    size_name=size_name,
-                    latent=(H, W),
+            cell = make(dim).to(device)
+            with _arithmetic(device, precision, amp):
+                result = _bench_cell(
+                    cell,
+                    cell_name,
+                    size_name,
+                    (H, W),
+                    device=device,
                     dim=dim,
-                    params=_params(cell),
-                    flops_counted=counted,
-                    flops_biwkv4=wkv,
-                    fwd_ms=fwd,
-                    fwd_bwd_ms=fwd_bwd,
-                    fwd_peak_mib=fwd_peak,
-                    fwd_bwd_peak_mib=fwd_bwd_peak,
+                    repeat=repeat,
+                    warmup=warmup,
+                    backward=backward,
+                    graph=graph and device.type == "cuda",
+                    graph_replays=graph_replays,
                 )
-            )
-            del cell, x_t, h_prev
+            result.precision = label
+            results.append(result)
+            del cell
+            gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return results
+
+
+@dataclass(frozen=True)
+class CellWorkload:
+    """The two calls of a context cell that :func:`bench_cells` measures, on fixed random inputs.
+
+    Attributes:
+        forward: ``cell(x_t, h_prev)`` without grad; returns ``h_t``.
+        forward_backward: ``cell(x_t, h_prev)`` and the gradients of ``mean(h_t²)`` (float32)
+            with respect to both inputs and every parameter; returns the gradients.
+        resident_bytes: bytes of the inputs and the parameters.
+    """
+
+    forward: Callable[[], torch.Tensor]
+    forward_backward: Callable[[], tuple[torch.Tensor, ...]]
+    resident_bytes: int
+
+
+def cell_workload(
+    cell: nn.Module, dim: int, latent: tuple[int, int], device: torch.device
+) -> CellWorkload:
+    """The calls of ``cell`` on ``[1, dim, H, W]`` inputs (``latent = (H, W)``) on ``device``."""
+    H, W = latent
+    x_t = torch.randn(1, dim, H, W, device=device)
+    h_prev = torch.randn(1, dim, H, W, device=device)
+    params = list(cell.parameters())
+    x_g, h_g = x_t.clone().requires_grad_(), h_prev.clone().requires_grad_()
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return cell(x_t, h_prev)
+
+    def forward_backward() -> tuple[torch.Tensor, ...]:
+        loss = cell(x_g, h_g).float().square().mean()
+        return torch.autograd.grad(loss, [x_g, h_g, *params])
+
+    resident = sum(t.numel() * t.element_size() for t in (x_t, h_prev, *params))
+    return CellWorkload(forward, forward_backward, resident)
+
+
+def _bench_cell(
+    cell: nn.Module,
+    cell_name: str,
+    size_name: str,
+    latent: tuple[int, int],
+    *,
+    device: torch.device,
+    dim: int,
+    repeat: int,
+    warmup: int,
+    backward: bool,
+    graph: bool,
+    graph_replays: int,
+) -> CellResult:
+    work = cell_workload(cell, dim, latent, device)
+    counted, wkv = count_flops(work.forward)
+    result = CellResult(
+        cell=cell_name,
+        size_name=size_name,
+        latent=latent,
+        dim=dim,
+        params=_params(cell),
+        flops_counted=counted,
+        flops_biwkv4=wkv,
+        fwd_ms=statistics.median(time_ms(work.forward, device, repeat, warmup)),
+        fwd_bwd_ms=None,
+        fwd_peak_mib=None,
+        fwd_bwd_peak_mib=None,
+        ops_fwd=count_ops(work.forward),
+    )
+    if device.type == "cuda":
+        result.fwd_mib, result.fwd_peak_mib = _cell_mib(work.forward, device, work.resident_bytes)
+    if graph:
+        result.fwd_graph_ms = _graph_ms(work.forward, device, repeat, warmup, graph_replays)
+    if not backward:
+        return result
+    train = work.forward_backward
+    result.fwd_bwd_ms = statistics.median(time_ms(train, device, repeat, warmup))
+    result.ops_fwd_bwd = count_ops(train)
+    if device.type == "cuda":
+        result.fwd_bwd_mib, result.fwd_bwd_peak_mib = _cell_mib(train, device, work.resident_bytes)
+    if graph:
+        result.fwd_bwd_graph_ms = _graph_ms(train, device, repeat, warmup, graph_replays)
+    return result
 
 
 def as_dict(result: ModelResult | CellResult) -> dict[str, Any]:
@@ -607,17 +799,50 @@ def format_fast_table(results: Sequence[ModelResult]) -> str:
 
 
 def format_cell_table(results: Sequence[CellResult]) -> str:
-    """Markdown table of :func:`bench_cells` results, RWKV against cross-attention per size."""
+    """Markdown table of :func:`bench_cells` results."""
     lines = [
-        "| size (latent H×W) | cell | params (M) | GFLOPs (counter + Bi-WKV) | fwd ms | "
-        "fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| size (latent H×W) | cell | precision | params (M) | GFLOPs (counter + Bi-WKV) | "
+        "ops fwd / fwd+bwd | fwd ms | fwd+bwd ms | graph fwd ms | graph fwd+bwd ms | fwd MiB | "
+        "fwd+bwd MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.size_name} ({r.latent[0]}×{r.latent[1]}) | {r.cell} | {r.params / 1e6:.2f} | "
-            f"{r.flops / 1e9:.2f} ({r.flops_counted / 1e9:.2f} + {r.flops_biwkv4 / 1e9:.3f}) | "
-            f"{r.fwd_ms:.2f} | {_fmt(r.fwd_bwd_ms, '.2f')} | {_fmt(r.fwd_peak_mib, '.0f')} | "
-            f"{_fmt(r.fwd_bwd_peak_mib, '.0f')} |"
+            f"| {r.size_name} ({r.latent[0]}×{r.latent[1]}) | {r.cell} | {r.precision} | "
+            f"{r.params / 1e6:.2f} | {r.flops / 1e9:.2f} ({r.flops_counted / 1e9:.2f} + "
+            f"{r.flops_biwkv4 / 1e9:.3f}) | {_fmt(r.ops_fwd, 'd')} / {_fmt(r.ops_fwd_bwd, 'd')} | "
+            f"{r.fwd_ms:.2f} | {_fmt(r.fwd_bwd_ms, '.2f')} | {_fmt(r.fwd_graph_ms, '.3f')} | "
+            f"{_fmt(r.fwd_bwd_graph_ms, '.3f')} | {_fmt(r.fwd_mib, '.1f')} | "
+            f"{_fmt(r.fwd_bwd_mib, '.1f')} |"
         )
     return "\n".join(lines)
+
+
+def format_cell_ratios(results: Sequence[CellResult], baseline: str = "CrossAttentionCell") -> str:
+    """Markdown table of each cell's FLOPs, memory and times divided by those of ``baseline``
+    at the same size and precision (measured in the same run); empty without a baseline."""
+    base = {(r.size_name, r.precision): r for r in results if r.cell == baseline}
+    metrics = (
+        "flops",
+        "fwd_mib",
+        "fwd_bwd_mib",
+        "fwd_ms",
+        "fwd_bwd_ms",
+        "fwd_graph_ms",
+        "fwd_bwd_graph_ms",
+    )
+    lines = [
+        f"| size | cell | precision | ÷ {baseline}: FLOPs | fwd MiB | fwd+bwd MiB | fwd ms | "
+        "fwd+bwd ms | graph fwd ms | graph fwd+bwd ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        b = base.get((r.size_name, r.precision))
+        if b is None or r.cell == baseline:
+            continue
+        ratios = []
+        for name in metrics:
+            num, den = getattr(r, name), getattr(b, name)
+            ratios.append(f"{num / den:.2f}×" if num is not None and den else "n/a")
+        lines.append(f"| {r.size_name} | {r.cell} | {r.precision} | " + " | ".join(ratios) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""

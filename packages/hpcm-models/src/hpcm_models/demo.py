@@ -1,7 +1,7 @@
 """``hpcm demo``: every model, a real compress → decompress round trip on bundled photos.
 
-Builds HPCM-Base, HPCM-Large and the four RWKV phases (random weights unless trained checkpoints
-are given), codes each bundled photo to an ``.hpcm`` bitstream through
+Builds HPCM-Base, HPCM-Large and the RWKV variants (random weights unless trained checkpoints are
+given), codes each bundled photo to an ``.hpcm`` bitstream through
 :class:`hpcm_models.codec.ImageCodec`, decodes it, and reports the size, the quality, the timings
 and whether the decoder rebuilt exactly the encoder's latents.
 """

@@ -30,6 +30,7 @@ BUILTIN_MODELS: tuple[str, ...] = (
     "hpcm-base",
     "hpcm-large",
     "hpcm-phase1",
+    "hpcm-phase1-lite",
     "hpcm-phase2",
     "hpcm-phase3",
     "hpcm-phase4",
@@ -59,7 +60,7 @@ def register_model(name: str) -> Callable[[T], T]:
 
 def _load_builtin_models() -> None:
     # Importing the model modules runs their @register_model decorators.
-    from . import hpcm, phases  # noqa: F401
+    from . import hpcm, phases, presets  # noqa: F401
 
 
 def available_models() -> list[str]:

@@ -21,7 +21,8 @@ EPILOG = """\
 Defaults: on CUDA, eval at 768x512 (Kodak) and training steps of 16 x 256x256; on CPU, eval at
 256x256 and training steps of 1 x 256x256. Peak memory is measured on CUDA only. On CUDA the
 fast paths (CUDA graphs, bf16, fused Adam; docs/performance.md) are measured too, against the
-eager float32 baseline of the same run.
+eager float32 baseline of the same run, and the context cells are also timed replayed from CUDA
+graphs. benchmarks/bench_context_cells.py compares the cells in more precisions.
 
 examples:
   hpcm bench --device cuda --json bench-h200.json
@@ -43,10 +44,12 @@ def _size(text: str) -> tuple[int, int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from hpcm_models.registry import BUILTIN_MODELS
 
-    description = "Benchmark the models (base, large, phases 1-4) and the s3 context cells."
+    description = (
+        "Benchmark the models (base, large, phases 1-4, phase 1 lite) and the s3 context cells."
+    )
     p = subcommand(subparsers, "bench", HELP, description, EPILOG)
     add_models_option(
-        p, "*", BUILTIN_MODELS, "models to measure (default: all six); none: cells only"
+        p, "*", BUILTIN_MODELS, "models to measure (default: all built-in models); none: cells only"
     )
     p.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -173,7 +176,13 @@ def _models(
 
 def _cells(args: argparse.Namespace, device: Any) -> list[dict]:
     """Measure the s3 context cells, print their table; their results as JSON data."""
-    from hpcm_models.benchmark import CELL_SIZES, as_dict, bench_cells, format_cell_table
+    from hpcm_models.benchmark import (
+        CELL_SIZES,
+        as_dict,
+        bench_cells,
+        format_cell_ratios,
+        format_cell_table,
+    )
 
     cells = bench_cells(
         device=device,
@@ -186,4 +195,6 @@ def _cells(args: argparse.Namespace, device: Any) -> list[dict]:
     )
     print(f"\ns3 context cell alone ({args.cell_dim} channels, batch 1; {device}):")
     print(format_cell_table(cells))
+    print("\nRatios to CrossAttentionCell (same size, same run):")
+    print(format_cell_ratios(cells))
     return [as_dict(r) for r in cells]

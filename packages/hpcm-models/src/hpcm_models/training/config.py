@@ -80,6 +80,8 @@ class TrainConfig:
         val_every, save_every, log_every: in optimizer steps; the last step always validates,
             saves and logs.
         max_val_images: validate on at most this many images of ``val_dataset`` (sorted order).
+        cache_images: decode the training images once and crop from memory
+            (:class:`~hpcm_models.datasets.PatchDataset` ``cache``).
     """
 
     model: str | None
@@ -108,6 +110,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     num_workers: int = 2
+    cache_images: bool = False
     progress: bool = True
     tensorboard: bool = True
 

@@ -258,7 +258,7 @@ def _resume(run: _Run, ckpt: Mapping[str, Any], schedule: LRSchedule) -> None:
 def _loader(
     cfg: TrainConfig, files: list[Path], seed: int, d: Dist, start: int, device: torch.device
 ) -> tuple[PatchDataset, torch.utils.data.DataLoader]:
-    dataset = PatchDataset(files, cfg.patch_size)
+    dataset = PatchDataset(files, cfg.patch_size, cache=cfg.cache_images)
     per_rank = len(dataset) // d.world
     if per_rank < cfg.batch_size:
         raise DatasetError(
