@@ -19,9 +19,10 @@ decodes to exactly those pixels and that the source still encodes to exactly tha
 
 The golden files exist to catch any change of the bitstream, so this script refuses to overwrite
 them: a deliberate format change bumps the format version and adds new golden files beside the old
-ones (which must stay decodable). ``--force`` overwrites anyway (e.g. a new models' set).
+ones (which must stay decodable). Files that are missing (a new case, e.g. a new built-in model)
+are written, identical ones left alone; ``--force`` replaces files whose bytes would change.
 
-    uv run python tools/make_golden.py            # writes tests/models/golden/ if absent
+    uv run python tools/make_golden.py            # writes the missing golden files
     uv run python tools/make_golden.py --check    # re-encodes and compares, writes nothing
 """
 
@@ -241,10 +242,27 @@ def build(cases: tuple[Case, ...]) -> tuple[dict[str, bytes], dict]:
     return files, manifest
 
 
+def _merged_manifest(output: Path, manifest: dict, new: set[str]) -> dict:
+    """``manifest`` with the entries of files that already existed kept as they were recorded
+    (their ``made_with`` included), so adding a case never rewrites what is there."""
+    path = output / MANIFEST
+    if not path.is_file():
+        return manifest
+    recorded = {e["file"]: e for e in json.loads(path.read_text())["files"]}
+    stamp = manifest["made_with"]
+    files = [
+        {**e, "made_with": stamp} if e["file"] in new else recorded.get(e["file"], e)
+        for e in manifest["files"]
+    ]
+    return {**json.loads(path.read_text()), "files": files}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="golden folder")
-    parser.add_argument("--force", action="store_true", help="overwrite existing golden files")
+    parser.add_argument(
+        "--force", action="store_true", help="replace golden files whose bytes would change"
+    )
     parser.add_argument(
         "--check", action="store_true", help="compare with the existing files; write nothing"
     )
@@ -252,28 +270,36 @@ def main(argv: list[str] | None = None) -> int:
     if {case.model for case in CASES} != set(BUILTIN_MODELS):
         raise SystemExit(f"CASES must cover every built-in model: {BUILTIN_MODELS}")
     files, manifest = build(CASES)
+    missing = {name for name in files if not (args.output / name).is_file()}
+    differ = [
+        name
+        for name, data in files.items()
+        if name not in missing and (args.output / name).read_bytes() != data
+    ]
     if args.check:
-        differ = [
-            name
-            for name, data in files.items()
-            if not (args.output / name).is_file() or (args.output / name).read_bytes() != data
-        ]
-        print("identical" if not differ else f"differ: {', '.join(differ)}")
-        return 1 if differ else 0
-    existing = [name for name in [*files, MANIFEST] if (args.output / name).exists()]
-    if existing and not args.force:
+        same = not differ and not missing
+        print("identical" if same else f"differ: {differ}, missing: {sorted(missing)}")
+        return 1 if differ or missing else 0
+    if differ and not args.force:
         print(
-            f"refusing to overwrite {len(existing)} golden file(s) in {args.output} (e.g. "
-            f"{existing[0]}): they guard the bitstream. Pass --force to replace them.",
+            f"refusing to overwrite {len(differ)} golden file(s) in {args.output} whose bytes "
+            f"would change (e.g. {differ[0]}): they guard the bitstream. Pass --force to replace "
+            "them (a format change adds new files and keeps the old ones instead).",
             file=sys.stderr,
         )
         return 1
+    written = missing | set(differ)
+    if not written:
+        print(f"nothing to write: {args.output} holds every golden file, identical")
+        return 0
     (args.output / "sources").mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (args.output / name).write_bytes(data)
-    (args.output / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    total = sum(len(d) for d in files.values())
-    print(f"wrote {len(files)} files ({total} bytes) and {MANIFEST} to {args.output}")
+    for name in sorted(written):
+        (args.output / name).write_bytes(files[name])
+    new = {name for name in written if name.endswith(".hpcm")}
+    merged = manifest if args.force else _merged_manifest(args.output, manifest, new)
+    (args.output / MANIFEST).write_text(json.dumps(merged, indent=1) + "\n")
+    names = ", ".join(sorted(written))
+    print(f"wrote {len(written)} files and {MANIFEST} to {args.output}: {names}")
     return 0
 
 
