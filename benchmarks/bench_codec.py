@@ -51,7 +51,9 @@ from PIL import Image
 
 import hpcm_models
 from hpcm_models import get_model
-from hpcm_models.codec import ImageCodec, deterministic_coding, load_checkpoint
+from hpcm_models.checkpoints import load_checkpoint
+from hpcm_models.codec import ImageCodec
+from hpcm_models.devices import deterministic_coding
 from hpcm_models.recipe import fill_recipe_weights
 
 TARGET_MS = 40.0

@@ -161,9 +161,10 @@ def export(run_dir: Path, target: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Write the run's final weights in fp16 with what is needed to rebuild and cite them."""
     import torch
 
-    from hpcm_models.hpcm.model import CODING_BUFFERS
+    from hpcm_models.checkpoints import load_training_checkpoint
+    from hpcm_models.entropy import CODING_BUFFERS
 
-    ckpt = torch.load(run_dir / "latest.pt", map_location="cpu", weights_only=True)
+    ckpt = load_training_checkpoint(run_dir / "latest.pt")
     state = {
         k: (v.half() if v.is_floating_point() else v)
         for k, v in ckpt["model"].items()

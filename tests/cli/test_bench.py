@@ -17,8 +17,8 @@ from hpcm_models.benchmark import (
     count_ops,
     parse_size,
 )
+from hpcm_models.checkpoints import build_model
 from hpcm_models.cli import main
-from hpcm_models.training import build_model
 from rwkv_blocks import RWKVContextCell
 
 TINY_KWARGS = {"M": 32, "N": 16, "config": {"transform_channels": [16, 32, 64]}}

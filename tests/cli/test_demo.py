@@ -52,7 +52,7 @@ def test_quick_demo_round_trips_every_model(
 def test_demo_uses_trained_checkpoints_when_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hpcm_models.codec import random_model
+    from hpcm_models.checkpoints import random_model
 
     model = random_model("hpcm-base", seed=5, **QUICK_MODEL_KWARGS)
     (tmp_path / "hpcm-base").mkdir()

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import hpcm_models
+from hpcm_models.checkpoints import random_model
 from hpcm_models.cli import main
-from hpcm_models.codec import ImageCodec, random_model
+from hpcm_models.codec import ImageCodec
 from hpcm_models.evaluation import evaluate_image, load_curve
 
 DATA = Path(hpcm_models.__file__).parent / "data"

@@ -13,18 +13,17 @@ import torch
 
 import hpcm_models
 from hpcm_models import HPCM_MICRO
-from hpcm_models.cli import main
-from hpcm_models.hpcm.model import CODING_BUFFERS
-from hpcm_models.training import (
+from hpcm_models.checkpoints import (
     CHECKPOINT_FORMAT,
-    LRSchedule,
-    PatchDataset,
-    RateDistortionLoss,
     build_model,
-    find_images,
     load_training_checkpoint,
     model_kwargs_to_json,
 )
+from hpcm_models.cli import main
+from hpcm_models.datasets import PatchDataset, find_images
+from hpcm_models.entropy import CODING_BUFFERS
+from hpcm_models.losses import RateDistortionLoss
+from hpcm_models.training import LRSchedule
 
 DATA = Path(hpcm_models.__file__).parent / "data"
 

@@ -30,7 +30,7 @@ from hpcm_models import (
     from_baseline,
     get_model,
 )
-from hpcm_models.hpcm.model import CODING_BUFFERS
+from hpcm_models.entropy import CODING_BUFFERS
 from hpcm_models.layers import Conv1x1, CrossAttentionCell, SpatialPrior
 from hpcm_models.phases import (
     DEFAULT_CELL_HIDDEN_RATES,

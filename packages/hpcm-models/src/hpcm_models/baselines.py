@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .evaluation import RDCurve, compare_curves, ms_ssim_db, psnr, rgb_ms_ssim
+from .image_io import image_planes, read_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -128,9 +129,7 @@ def _qualities(codec: ClassicCodec, qualities: Sequence[int] | None) -> tuple[in
 def _rgb(image: Image.Image) -> np.ndarray:
     """The 8-bit RGB pixels ``[H, W, 3]`` the learned codec codes (same mode rules, same errors;
     an alpha plane is left out)."""
-    from .codec import _planes
-
-    return _planes(image)[0]
+    return image_planes(image)[0]
 
 
 def encode_classic(rgb: np.ndarray, codec: str, quality: int) -> bytes:
@@ -249,13 +248,11 @@ def evaluate_classic(
     progress: Callable[[int, int, str], Any] | None = None,
 ) -> list[tuple[ClassicResult, ...]]:
     """:func:`evaluate_classic_image` for every file (read with
-    :func:`hpcm_models.codec.read_image`), in order: one sweep per image.
+    :func:`hpcm_models.image_io.read_image`), in order: one sweep per image.
 
     Args:
         progress: optional callable ``progress(done, total, name)`` called after each image.
     """
-    from .codec import read_image
-
     sweeps = []
     for i, file in enumerate(files):
         name = Path(file).name

@@ -14,7 +14,14 @@ from compressai.registry import register_model as _compressai_register_model
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["BUILTIN_MODELS", "available_models", "get_model", "register_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "available_models",
+    "get_model",
+    "model_class",
+    "register_model",
+    "registered_name",
+]
 
 _MODELS: dict[str, type[nn.Module]] = {}
 
@@ -62,6 +69,34 @@ def available_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+    """
+    _load_builtin_models()
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def registered_name(model: nn.Module) -> str:
+    """The name ``model``'s class is registered under.
+
+    Raises:
+        ValueError: if the class is not registered (or registered under several names).
+    """
+    _load_builtin_models()
+    names = [name for name, cls in _MODELS.items() if cls is type(model)]
+    if len(names) != 1:
+        raise ValueError(
+            f"cannot tell the registry name of a {type(model).__qualname__} "
+            f"(candidates: {names}); pass model_id"
+        )
+    return names[0]
+
+
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model with freshly initialized weights.
 
@@ -72,7 +107,4 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: for an unknown name (the message lists the known ones).
     """
-    _load_builtin_models()
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name](**kwargs)
+    return model_class(name)(**kwargs)

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 from torch import nn
 
+from ._checks import check_rate
 from .context import RWKVContextCellLite
 from .spatial_mix import SpatialMix
 
 __all__ = ["rwkv_param_groups"]
-
-
-def _check_rate(value: object, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"expected {name} to be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def rwkv_param_groups(
@@ -51,9 +39,9 @@ def rwkv_param_groups(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    lr = _check_rate(lr, "lr")
-    decay_lr = _check_rate(decay_lr, "decay_lr")
-    weight_decay = _check_rate(weight_decay, "weight_decay")
+    lr = float(check_rate(lr, "lr", allow_zero=True))
+    decay_lr = float(check_rate(decay_lr, "decay_lr", allow_zero=True))
+    weight_decay = float(check_rate(weight_decay, "weight_decay", allow_zero=True))
 
     wkv_ids = {
         id(p)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from hpcm_models.cli._common import json_object, prepare_device, subcommand, write_json
 from hpcm_models.errors import HPCMError
 
 HELP = "rate-distortion of checkpoints on an image folder, with real bitstreams"
@@ -36,16 +36,10 @@ Without --checkpoint or --random-weights only the classic codecs are evaluated.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from hpcm_models.cli.compress import json_object
     from hpcm_models.registry import available_models
 
-    p = subparsers.add_parser(
-        "eval",
-        help=HELP,
-        description="Evaluate checkpoints (one rate point each) with real entropy coding.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    description = "Evaluate checkpoints (one rate point each) with real entropy coding."
+    p = subcommand(subparsers, "eval", HELP, description, EPILOG)
     p.add_argument(
         "--model",
         choices=available_models(),
@@ -97,19 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from hpcm_models.cli.compress import prepare_device
-    from hpcm_models.codec import ImageCodec, load_checkpoint, random_model
-    from hpcm_models.evaluation import (
-        RDCurve,
-        evaluate_codec,
-        mean_point,
-        plot_rd,
-        reference_curves,
-        results_document,
-    )
-    from hpcm_models.training import find_images
+    from hpcm_models.datasets import find_images
+    from hpcm_models.evaluation import results_document
 
     if args.compare:
         args.compare = list(dict.fromkeys(args.compare))  # each codec once
@@ -126,6 +109,39 @@ def run(args: argparse.Namespace) -> int:
         raise HPCMError(f"expected --max-images >= 1, got {args.max_images}")
     files = find_images(args.dataset)[: args.max_images]
     device = prepare_device(args.device)
+    points, model_name = _rate_points(args, files, device)
+
+    name = args.name or model_name
+    description = (
+        f"{model_name}, actual bitstreams (hpcm eval), {len(files)} images of {args.dataset}, "
+        f"device {device}" + (", RANDOM WEIGHTS" if args.random_weights else "")
+    )
+    document = results_document(
+        name, description, points, extra={"model": model_name, "dataset": str(args.dataset)}
+    )
+    classic = compare_classic(args, files, points, document) if args.compare else {}
+    if args.output is not None:
+        write_json(args.output, document)
+        print(f"wrote {args.output}")
+    if args.plot is not None:
+        _plot(args, name, description, document, classic)
+        print(f"wrote {args.plot}")
+    if not all(document["results"]["bit-exact"]):
+        print("warning: some images did not decode bit-exactly (see per_image)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rate_points(
+    args: argparse.Namespace, files: list[Path], device: Any
+) -> tuple[list[tuple[str, Any]], str]:
+    """Every image coded and decoded by each checkpoint (or the random weights): ``([(source,
+    per-image results), ...], model name)``; one summary line per point on stdout."""
+    from tqdm import tqdm
+
+    from hpcm_models.checkpoints import load_checkpoint, random_model
+    from hpcm_models.codec import ImageCodec
+    from hpcm_models.evaluation import evaluate_codec, mean_point
 
     sources = (
         [str(c) for c in args.checkpoint] if args.checkpoint else [f"random(seed={args.seed})"]
@@ -145,48 +161,41 @@ def run(args: argparse.Namespace) -> int:
         model_name = codec.model_id
         with tqdm(total=len(files), desc=Path(source).name, unit="img", file=sys.stderr) as bar:
             results = evaluate_codec(codec, files, progress=lambda *_, bar=bar: bar.update(1))
-        point = mean_point(results)
-        ms = point["ms-ssim-rgb"]
-        print(
-            f"{source}: {point['bpp']:.4f} bpp ({point['bpp-file']:.4f} with the header), "
-            f"PSNR {point['psnr-rgb']:.3f} dB"
-            + (f", MS-SSIM {ms:.5f} ({point['ms-ssim-rgb-db']:.2f} dB)" if ms is not None else "")
-            + f", encode {point['encoding_time'] * 1e3:.0f} ms, decode "
-            f"{point['decoding_time'] * 1e3:.0f} ms, "
-            f"bit-exact: {'yes' if point['bit-exact'] else 'NO'}"
-        )
+        print(f"{source}: {_summary(mean_point(results))}")
         points.append((source, results))
         del model, codec
+    return points, model_name
 
-    name = args.name or model_name
-    description = (
-        f"{model_name}, actual bitstreams (hpcm eval), {len(files)} images of {args.dataset}, "
-        f"device {device}" + (", RANDOM WEIGHTS" if args.random_weights else "")
+
+def _summary(point: dict[str, Any]) -> str:
+    ms = point["ms-ssim-rgb"]
+    return (
+        f"{point['bpp']:.4f} bpp ({point['bpp-file']:.4f} with the header), "
+        f"PSNR {point['psnr-rgb']:.3f} dB"
+        + (f", MS-SSIM {ms:.5f} ({point['ms-ssim-rgb-db']:.2f} dB)" if ms is not None else "")
+        + f", encode {point['encoding_time'] * 1e3:.0f} ms, decode "
+        f"{point['decoding_time'] * 1e3:.0f} ms, "
+        f"bit-exact: {'yes' if point['bit-exact'] else 'NO'}"
     )
-    document = results_document(
-        name, description, points, extra={"model": model_name, "dataset": str(args.dataset)}
-    )
-    classic = compare_classic(args, files, points, document) if args.compare else {}
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(document, indent=1) + "\n")
-        print(f"wrote {args.output}")
-    if args.plot is not None:
-        key = "psnr-rgb" if args.plot_metric == "psnr" else "ms-ssim-rgb-db"
-        values = document["results"][key]
-        if any(v is None for v in values):
-            raise HPCMError(f"cannot plot {args.plot_metric}: undefined for these images")
-        curve = RDCurve(name, tuple(document["results"]["bpp"]), tuple(values))
-        refs = (
-            [] if args.reference == "none" else reference_curves(args.reference, args.plot_metric)
-        )
-        refs += classic_plot_curves(classic, args.plot_metric, max(curve.rates))
-        plot_rd([curve], args.plot, metric=args.plot_metric, references=refs, title=description)
-        print(f"wrote {args.plot}")
-    if not all(document["results"]["bit-exact"]):
-        print("warning: some images did not decode bit-exactly (see per_image)", file=sys.stderr)
-        return 1
-    return 0
+
+
+def _plot(
+    args: argparse.Namespace,
+    name: str,
+    title: str,
+    document: dict[str, Any],
+    classic: dict[str, dict[str, Any]],
+) -> None:
+    from hpcm_models.evaluation import RDCurve, plot_rd, reference_curves
+
+    key = "psnr-rgb" if args.plot_metric == "psnr" else "ms-ssim-rgb-db"
+    values = document["results"][key]
+    if any(v is None for v in values):
+        raise HPCMError(f"cannot plot {args.plot_metric}: undefined for these images")
+    curve = RDCurve(name, tuple(document["results"]["bpp"]), tuple(values))
+    refs = [] if args.reference == "none" else reference_curves(args.reference, args.plot_metric)
+    refs += classic_plot_curves(classic, args.plot_metric, max(curve.rates))
+    plot_rd([curve], args.plot, metric=args.plot_metric, references=refs, title=title)
 
 
 # ---------------------------------------------------------------------------- classic codecs
@@ -217,10 +226,9 @@ def _write_classic(args: argparse.Namespace, classic: dict[str, dict[str, Any]])
     """Write each classic curve beside ``--output``, as ``STEM.CODEC.json``."""
     if args.output is None:
         return
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     for codec, entry in classic.items():
         path = args.output.with_name(f"{args.output.stem}.{codec}.json")
-        path.write_text(json.dumps(entry["document"], indent=1) + "\n")
+        write_json(path, entry["document"])
         entry["path"] = str(path)
         print(f"wrote {path}")
 
@@ -301,8 +309,8 @@ def classic_plot_curves(
 
 def run_classic(args: argparse.Namespace) -> int:
     """``--compare`` alone: the classic codecs' RD curves on the dataset, no learned codec."""
+    from hpcm_models.datasets import find_images
     from hpcm_models.evaluation import plot_rd
-    from hpcm_models.training import find_images
 
     if args.model is not None or args.model_kwargs is not None:
         raise HPCMError("--model and --model-kwargs need --checkpoint or --random-weights")

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from hpcm_models.cli._common import json_object, subcommand
 from hpcm_models.errors import HPCMError
 
 HELP = "train a model on an image folder (resumable; torchrun for several GPUs)"
@@ -25,15 +26,14 @@ The output folder receives latest.pt / best.pt (training checkpoints, usable wit
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from hpcm_models.cli.compress import json_object
     from hpcm_models.registry import available_models
 
-    p = subparsers.add_parser(
+    p = subcommand(
+        subparsers,
         "train",
-        help=HELP,
-        description="Train an HPCM model or an RWKV phase with the rate-distortion loss.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        HELP,
+        "Train an HPCM model or an RWKV phase with the rate-distortion loss.",
+        EPILOG,
     )
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=available_models(), help="model to train (not with --resume)")
@@ -115,7 +115,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hpcm_models.training import TrainConfig, build_model, train
+    from hpcm_models.checkpoints import build_model
+    from hpcm_models.training import TrainConfig, train
 
     if args.model is not None and not args.resume:
         # Check the options on the meta device (no memory, no time) before loading any data.

@@ -19,7 +19,6 @@ with HPCM's module names, so a trained baseline checkpoint fills every unchanged
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -27,6 +26,9 @@ from typing import ClassVar
 from torch import nn
 
 from rwkv_blocks import RWKVContextCell, RWKVContextCellLite, RWKVFusionNet
+
+# rwkv-blocks' check of the rates its modules take (hpcm-models pins rwkv-blocks' minor version).
+from rwkv_blocks._checks import check_rate
 
 from ..hpcm.config import HPCMConfig
 from ..hpcm.model import HPCM
@@ -68,17 +70,6 @@ _PRIOR_HIDDEN_RATE = 2  # the hidden width of the DWConvRBs the blocks replace
 
 _CONTEXT_NETS = ("context_net.0", "context_net.1")
 _PRIORS = ("y_spatial_prior_s1_s2", "y_spatial_prior_s3")
-
-
-def _check_rate(value: object, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"expected {name} to be a finite number > 0, got {value!r}")
-    return value  # type: ignore[return-value]  # keep ints ints (reprs, saved configs)
 
 
 def _is_under(key: str, prefixes: Sequence[str]) -> bool:
@@ -168,7 +159,7 @@ class HPCMRWKV(HPCM):
                     f"{cls} has {len(stages)} RWKV context cell(s) (stages {stages}): expected "
                     f"{len(stages)} cell_hidden_rates, got {tuple(cell_hidden_rates)!r}"
                 )
-            rates = tuple(_check_rate(r, "each cell hidden rate") for r in cell_hidden_rates)
+            rates = tuple(check_rate(r, "each cell hidden rate") for r in cell_hidden_rates)
 
         has_fusion = any(n in _CONTEXT_NETS for n in self.rwkv_modules)
         has_prior = any(n in _PRIORS for n in self.rwkv_modules)
@@ -202,7 +193,7 @@ class HPCMRWKV(HPCM):
             self.fusion_hidden_rate = (
                 _FUSION_HIDDEN_RATE
                 if fusion_hidden_rate is None
-                else _check_rate(fusion_hidden_rate, "fusion_hidden_rate")
+                else check_rate(fusion_hidden_rate, "fusion_hidden_rate")
             )
             self.fusion_blocks = _FUSION_BLOCKS if fusion_blocks is None else int(fusion_blocks)
         #: Hidden rate of the RWKVSpatialPriors; ``None`` without them.
@@ -211,7 +202,7 @@ class HPCMRWKV(HPCM):
             self.prior_hidden_rate = (
                 _PRIOR_HIDDEN_RATE
                 if prior_hidden_rate is None
-                else _check_rate(prior_hidden_rate, "prior_hidden_rate")
+                else check_rate(prior_hidden_rate, "prior_hidden_rate")
             )
         self.use_checkpoint = use_checkpoint
         super().__init__(M, N, config=config)
