@@ -1,8 +1,10 @@
 """Image files ⇄ ``.hpcm`` files: the library calls behind ``hpcm compress`` and ``decompress``.
 
-Both read with the safety limits, check everything they can before a model is built (the callers
-may pass a function that loads the checkpoint), refuse to overwrite their input, and write
-atomically: on any error, nothing is written.
+Both read with the safety limits (a ``.hpcm`` file is read no further than its validated header
+announces), check everything they can before a model is built (the callers may pass a function
+that loads the checkpoint), refuse to write over their input or any other protected file (the
+checkpoint) and over anything that is not a regular file unless asked to write through it
+(:func:`hpcm_models.files.check_output`), and write atomically: on any error, nothing is written.
 """
 
 from __future__ import annotations
@@ -10,28 +12,26 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from .codec import ImageCodec
-from .container import Header, Limits, read_container
-from .errors import FileAccessError, WeightsMismatchError
+from .container import MAX_HEAD_BYTES, Header, Limits, container_size, read_container
+from .errors import WeightsMismatchError
+from .files import check_output, open_input, read_upto, write_atomic
 from .hpcm.model import HPCM
-from .image_io import (
-    check_format_keeps,
-    image_planes,
-    output_format,
-    read_file,
-    read_image,
-    same_file,
-    write_atomic,
-    write_image,
-)
+from .image_io import check_format_keeps, image_planes, output_format, read_image, write_image
 from .registry import registered_name
 
-__all__ = ["CompressReport", "DecompressReport", "compress_file", "decompress_file"]
+__all__ = [
+    "CompressReport",
+    "DecompressReport",
+    "compress_file",
+    "decompress_file",
+    "read_hpcm_file",
+]
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,40 @@ class DecompressReport(_CodingReport):
     _verb = "decode"
 
 
+PathLike = str | os.PathLike[str]
+
+
+def read_hpcm_file(path: PathLike, limits: Limits | None = None) -> bytes:
+    """The bytes of a ``.hpcm`` file, read no further than its header announces: the header is
+    read and validated first (:func:`~hpcm_models.container.container_size`), so garbage, a pipe
+    or ``/dev/zero`` is refused after a few bytes, and a file is never read past
+    ``limits.max_file_bytes``.
+
+    Raises:
+        FileAccessError: missing, a directory, or not readable.
+        BitstreamError: a subclass, for a damaged or oversized header.
+    """
+    limits = limits or Limits()
+    with open_input(path) as f:
+        head = read_upto(f, MAX_HEAD_BYTES, str(path))
+        size = container_size(head, limits)
+        # One byte more than announced, so that read_container reports trailing bytes as such.
+        return head + read_upto(f, max(size + 1 - len(head), 0), str(path))
+
+
+def _protected(source: Path, protect: Mapping[str, PathLike | None] | None) -> dict:
+    return {"input": source, **(protect or {})}
+
+
 def compress_file(
-    source: str | os.PathLike[str],
-    target: str | os.PathLike[str],
+    source: PathLike,
+    target: PathLike,
     model: HPCM | Callable[[], HPCM],
     *,
     model_id: str | None = None,
     limits: Limits | None = None,
+    protect: Mapping[str, PathLike | None] | None = None,
+    write_through: bool = False,
 ) -> CompressReport:
     """Compress an image file into a ``.hpcm`` file (written atomically).
 
@@ -87,17 +114,22 @@ def compress_file(
         model: the model, or a function that builds it (called after the image was read, so a bad
             image fails before a checkpoint is loaded).
         model_id: registry name, if it cannot be found from the model's class.
+        limits: safety limits (default :class:`~hpcm_models.container.Limits`).
+        protect: other files that must not be overwritten, by role (``{"checkpoint": path}``);
+            the input always is.
+        write_through: write through a symbolic link, or into a FIFO or character device, at
+            ``target`` (``--force``) instead of refusing (:func:`~hpcm_models.files.check_output`).
     """
     source, target = Path(source), Path(target)
-    if same_file(source, target):
-        raise FileAccessError(f"refusing to overwrite the input {str(source)!r}")
+    protected = _protected(source, protect)
+    check_output(target, protect=protected, write_through=write_through)
     image = read_image(source, limits)
     image_planes(image)  # fail on an unsupported mode before loading a model
     codec = ImageCodec(model if isinstance(model, HPCM) else model(), model_id, limits=limits)
     start = time.perf_counter()
     data = codec.encode(image)
     seconds = time.perf_counter() - start
-    write_atomic(target, lambda f: f.write(data))
+    write_atomic(target, lambda f: f.write(data), protect=protected, write_through=write_through)
     return CompressReport(
         source, target, image.width, image.height, image.mode, len(data),
         8 * len(data) / (image.width * image.height), seconds, codec.model_id, str(codec.device),
@@ -105,19 +137,23 @@ def compress_file(
 
 
 def decompress_file(
-    source: str | os.PathLike[str],
-    target: str | os.PathLike[str],
+    source: PathLike,
+    target: PathLike,
     model: HPCM | Callable[[Header], HPCM],
     *,
     limits: Limits | None = None,
+    protect: Mapping[str, PathLike | None] | None = None,
+    write_through: bool = False,
 ) -> DecompressReport:
     """Decompress a ``.hpcm`` file into an image file (format by extension, lossless only).
 
     Args:
         source: the ``.hpcm`` file.
         target: the image to write (``.png`` recommended); nothing is written on error.
-        model: the model, or a function ``header -> model`` (called after the file was validated,
-            so a damaged file fails before a checkpoint is loaded).
+        model: the model, or a function ``header -> model`` (called after the file was validated
+            against ``limits``, so a damaged or oversized file fails before a checkpoint is
+            loaded or a model built).
+        limits, protect, write_through: as for :func:`compress_file`.
 
     Raises:
         BitstreamError: damaged file, other weights, desynchronized decoder (subclasses).
@@ -126,11 +162,9 @@ def decompress_file(
     source, target = Path(source), Path(target)
     limits = limits or Limits()
     fmt = output_format(target)
-    if same_file(source, target):
-        raise FileAccessError(f"refusing to overwrite the input {str(source)!r}")
-    if not target.parent.is_dir():
-        raise FileAccessError(f"cannot write {str(target)!r}: directory missing")
-    data = read_file(source, limits.max_file_bytes)
+    protected = _protected(source, protect)
+    check_output(target, protect=protected, write_through=write_through)
+    data = read_hpcm_file(source, limits)
     header, _ = read_container(data, limits)
     check_format_keeps(header.mode.name, fmt)
     resolved = model if isinstance(model, HPCM) else model(header)
@@ -144,7 +178,7 @@ def decompress_file(
     start = time.perf_counter()
     image = codec.decode(data)
     seconds = time.perf_counter() - start
-    write_image(target, image, fmt)
+    write_image(target, image, fmt, protect=protected, write_through=write_through)
     return DecompressReport(
         source, target, image.width, image.height, image.mode, len(data),
         8 * len(data) / (image.width * image.height), seconds, codec.model_id, str(codec.device),

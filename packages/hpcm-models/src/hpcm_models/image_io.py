@@ -1,15 +1,15 @@
-"""Image files and the pixels the models see: the one reader, the one writer, the one atomic file
-writer.
+"""Image files and the pixels the models see: the one reader and the one writer.
 
 - :func:`read_image` is how the codec, training and evaluation read an image: one frame, fully
-  loaded, EXIF orientation applied, size limits checked; :func:`image_size` is its header-only
-  sibling (nothing decoded).
+  loaded, EXIF orientation applied, size limits checked on the file's header before any pixel is
+  decoded (Pillow's decompression-bomb checks give way to them), more than 8 bits per sample
+  refused (:func:`check_bit_depth`), pipes read with the file-size limit; :func:`image_size` is
+  its header-only sibling (nothing decoded).
 - :func:`image_planes` / :func:`restore_image`: any Pillow mode ⇄ the 8-bit RGB planes the codec
   codes (gray coded as RGB, alpha kept apart).
 - :func:`to_tensor` and :func:`pad_to_multiple`: images as model inputs.
-- :func:`write_image` writes a lossless image file; :func:`write_atomic` is what every file this
-  package writes goes through (``.hpcm`` files, images, checkpoints): a temporary file renamed
-  over the target, so an error never leaves a partial file.
+- :func:`write_image` writes a lossless image file, atomically
+  (:func:`hpcm_models.files.write_atomic`, the one writer of every file this package writes).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
-from collections.abc import Callable
+import re
+import stat
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .container import Header, ImageMode, Limits
+from .container import PAD_MULTIPLE, Header, ImageMode, Limits
 from .errors import FileAccessError, ImageError, LimitExceededError
+from .files import cannot_read, read_file, same_file, write_atomic
 
 __all__ = [
     "OUTPUT_FORMATS",
+    "check_bit_depth",
     "check_format_keeps",
     "check_image_size",
     "image_planes",
@@ -63,69 +67,131 @@ _LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".jp2", ".j2k", ".jxr", "
 # Image modes that carry more than 8 bits per sample; the codec codes 8-bit planes.
 _HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N", "BGR;15", "BGR;16", "BGR;24")
 
+# Raw modes of 8-bit image modes with 16 or 32 bits per sample ("RGB;16B", "LA;16B", "RGBA;16L"),
+# which Pillow reads by keeping the high byte; packed pixels ("BGR;16", 5-6-5) do not match.
+_DEEP_RAW_MODE = re.compile(r";(16|32|48|64)[A-Z]")
+
+# Formats Pillow may not open: it renders EPS with Ghostscript, an interpreter of a programming
+# language, which no untrusted input should reach.
+_REFUSED_FORMATS = frozenset({"EPS"})
+
 # EXIF orientations that swap width and height (transpose, rotations by 90° and 270°).
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
-_READ_ERRORS: tuple[tuple[type[OSError], str], ...] = (
-    (FileNotFoundError, "no such file"),
-    (IsADirectoryError, "it is a directory"),
-    (PermissionError, "permission denied"),
-)
-
-
 # ---------------------------------------------------------------------------- reading
 
 
-def _cannot_read(path: str | os.PathLike[str], err: OSError) -> FileAccessError | None:
-    """The :class:`FileAccessError` for a file that is missing, a directory or forbidden."""
-    for kind, reason in _READ_ERRORS:
-        if isinstance(err, kind):
-            return FileAccessError(f"cannot read {str(path)!r}: {reason}")
-    return None
+def _read_formats() -> list[str]:
+    """Every format Pillow can open (plugins registered so far included), but the refused ones."""
+    Image.init()
+    return [fmt for fmt in Image.OPEN if fmt not in _REFUSED_FORMATS]
 
 
-def read_file(path: Path, limit: int) -> bytes:
-    """The bytes of ``path``, refused if there are more than ``limit``.
+def _raw_modes(image: Image.Image) -> list[str]:
+    """The raw modes of an image's tiles (what the file stores; empty once loaded)."""
+    modes = []
+    for tile in getattr(image, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) else None)
+        if isinstance(raw, str):
+            modes.append(raw)
+    return modes
+
+
+def check_bit_depth(image: Image.Image, name: str = "image") -> None:
+    """Refuse images with more than 8 bits per sample, also those Pillow would silently cut to 8
+    bits (16-bit RGB, RGBA and LA PNG or TIFF open as 8-bit modes; their raw mode tells). Only an
+    image that is not loaded yet still knows its raw mode.
 
     Raises:
-        FileAccessError: missing, a directory, or not readable.
-        LimitExceededError: larger than ``limit``.
+        ImageError: more than 8 bits per sample.
     """
+    deep = [raw for raw in _raw_modes(image) if _DEEP_RAW_MODE.search(raw)]
+    if image.mode in _HIGH_DEPTH_MODES or deep:
+        what = deep[0] if deep else image.mode
+        raise ImageError(
+            f"{name} has more than 8 bits per sample ({what}); the codec codes 8-bit images "
+            "(convert to 8-bit RGB or L first)"
+        )
+
+
+@contextlib.contextmanager
+def _pillow_bomb_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's decompression-bomb check (``Image.MAX_IMAGE_PIXELS``: a warning above it, an
+    error above twice that) set to our limit, its warning an error: ``None`` while opening, where
+    our own check of the header's size follows at once (with our message, and also when the limit
+    was raised above Pillow's default), ``max_pixels`` while loading, where plugins check the
+    sizes of sub-images (GIF frames, ICO and DCX entries) that no header states. The setting is
+    global to Pillow: restored on exit."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise LimitExceededError(f"{str(path)!r} has {size} bytes; the limit is {limit}")
-        return path.read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _source(path: str | os.PathLike[str], limits: Limits) -> str | os.PathLike[str] | io.BytesIO:
+    """What Pillow should open: the path itself if it can seek in it (it then reads only what it
+    needs), else the bytes of the pipe or FIFO, read with the file-size limit (Pillow would read a
+    stream to its end, unbounded)."""
+    try:
+        st = os.stat(path)
     except OSError as err:
-        access = _cannot_read(path, err)
-        if access is None:
-            raise
-        raise access from None
+        raise cannot_read(path, err) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileAccessError(f"cannot read {str(path)!r}: it is a directory")
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        # No image within the limits needs more than 16 bytes per pixel (16-bit RGBA is 8) and
+        # 16 MiB of metadata: a pipe of endless bytes is cut there.
+        limit = min(limits.max_file_bytes, 16 * limits.max_pixels + (16 << 20))
+        try:
+            return io.BytesIO(read_file(path, limit))
+        except LimitExceededError:
+            raise ImageError(
+                f"{str(path)!r} has more than {limit} bytes, more than any image within the "
+                f"limit of {limits.max_pixels} pixels"
+            ) from None
+    return path
 
 
 def _open(path: str | os.PathLike[str], limits: Limits) -> Image.Image:
-    """Open lazily (the header only), with the size limits and one frame checked."""
+    """Open lazily (the header only), with the size limits, the bit depth and one frame checked."""
+    source = _source(path, limits)
     try:
-        image = Image.open(path)
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"{str(path)!r}: {err}") from None
-    except (Image.UnidentifiedImageError, OSError, ValueError) as err:
-        access = _cannot_read(path, err) if isinstance(err, OSError) else None
-        if access is not None:
-            raise access from None
+        with _pillow_bomb_limit(None):
+            image = Image.open(source, formats=_read_formats())
+    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        if isinstance(err, FileNotFoundError | IsADirectoryError | PermissionError):
+            raise cannot_read(path, err) from None
         raise ImageError(f"{str(path)!r} is not an image Pillow can read ({err})") from None
     try:
-        check_image_size(image.width, image.height, limits, str(path))
-        if getattr(image, "n_frames", 1) > 1:
+        check_image_size(image.width, image.height, limits, repr(str(path)))
+        check_bit_depth(image, repr(str(path)))
+        with _pillow_bomb_limit(limits.max_pixels):  # counting frames reads frame headers
+            frames = getattr(image, "n_frames", 1)
+        if frames > 1:
             raise ImageError(
-                f"{str(path)!r} has {image.n_frames} frames; the codec codes one still image "
+                f"{str(path)!r} has {frames} frames; the codec codes one still image "
                 "(extract a frame first)"
             )
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        image.close()
+        raise _bomb(path, limits, err) from None
     except BaseException:
         image.close()
         raise
     return image
+
+
+def _bomb(path: str | os.PathLike[str], limits: Limits, err: Exception) -> ImageError:
+    return ImageError(
+        f"{str(path)!r} holds a frame or part beyond the limit of {limits.max_pixels} pixels "
+        f"({err})"
+    )
 
 
 def read_image(path: str | os.PathLike[str], limits: Limits | None = None) -> Image.Image:
@@ -135,12 +201,19 @@ def read_image(path: str | os.PathLike[str], limits: Limits | None = None) -> Im
         FileAccessError: the file cannot be opened.
         ImageError: not an image Pillow reads, damaged, several frames, or too large.
     """
-    with _open(path, limits or Limits()) as image:
+    limits = limits or Limits()
+    with _open(path, limits) as image:
+        size = image.size
         try:
-            image.load()
-            return ImageOps.exif_transpose(image)
+            with _pillow_bomb_limit(limits.max_pixels):
+                image.load()
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+            raise _bomb(path, limits, err) from None
         except (OSError, ValueError, SyntaxError) as err:
             raise ImageError(f"{str(path)!r} is damaged or truncated ({err})") from None
+        if image.size != size:  # a plugin that chose its size while loading
+            check_image_size(image.width, image.height, limits, repr(str(path)))
+        return ImageOps.exif_transpose(image)
 
 
 def image_size(path: str | os.PathLike[str], limits: Limits | None = None) -> tuple[int, int]:
@@ -153,13 +226,20 @@ def image_size(path: str | os.PathLike[str], limits: Limits | None = None) -> tu
     return width, height
 
 
-def check_image_size(width: int, height: int, limits: Limits, name: str = "image") -> None:
-    """Raise :class:`ImageError` for an empty image or one beyond ``limits``."""
+def check_image_size(
+    width: int, height: int, limits: Limits, name: str = "image", multiple: int = PAD_MULTIPLE
+) -> None:
+    """Raise :class:`ImageError` for an empty image or one beyond ``limits`` (its pixels counted
+    once padded to multiples of ``multiple``, as the model codes them and the decoder counts
+    them)."""
     if not (0 < width <= limits.max_side and 0 < height <= limits.max_side):
         raise ImageError(f"{name} of {width}x{height} pixels: sides must be 1..{limits.max_side}")
-    if width * height > limits.max_pixels:
+    coded_w, coded_h = -(-width // multiple) * multiple, -(-height // multiple) * multiple
+    if coded_w * coded_h > limits.max_pixels:
         raise ImageError(
-            f"{name} of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels"
+            f"{name} of {width}x{height} pixels, coded as {coded_w}x{coded_h}, exceeds the limit "
+            f"of {limits.max_pixels} pixels (raise it with --max-pixels if the machine has the "
+            "memory: see docs/format.md)"
         )
 
 
@@ -173,12 +253,8 @@ def image_planes(image: Image.Image) -> tuple[np.ndarray, ImageMode, np.ndarray 
         ImageError: for modes with more than 8 bits per sample, or modes not listed in
             :meth:`hpcm_models.ImageCodec.encode`.
     """
+    check_bit_depth(image)
     mode = image.mode
-    if mode in _HIGH_DEPTH_MODES:
-        raise ImageError(
-            f"image mode {mode!r} has more than 8 bits per sample; the codec codes 8-bit images "
-            "(convert to 8-bit RGB or L first)"
-        )
     if mode == "1":
         image = image.convert("L")
     elif mode in ("P", "PA"):
@@ -237,49 +313,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- writing
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary file in the same directory, then rename it over ``path``:
-    an error leaves neither a partial file nor the temporary behind.
-
-    Raises:
-        FileAccessError: the directory is missing or not writable, or writing fails.
-    """
-    directory = path.parent
-    if not directory.is_dir():
-        raise FileAccessError(f"cannot write {str(path)!r}: directory {str(directory)!r} missing")
-    for _ in range(100):
-        tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise FileAccessError(f"cannot write {str(path)!r}: {err.strerror}") from None
-    else:  # pragma: no cover - 100 random collisions
-        raise FileAccessError(f"cannot create a temporary file next to {str(path)!r}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, FileAccessError):
-            raise FileAccessError(f"cannot write {str(path)!r}: {err}") from None
-        raise
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Whether ``b`` exists and is the file ``a`` (an output that would overwrite its input)."""
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def output_format(path: Path) -> str:
     """The Pillow format to write ``path`` in, from its extension (:data:`OUTPUT_FORMATS`).
 
@@ -319,7 +352,16 @@ def check_format_keeps(mode: str, fmt: str) -> None:
             )
 
 
-def write_image(path: Path, image: Image.Image, fmt: str) -> None:
-    """Write ``image`` to ``path`` in the Pillow format ``fmt`` (lossless settings), atomically
-    (:func:`write_atomic`)."""
-    write_atomic(path, lambda f: _save_image(image, f, fmt))
+def write_image(
+    path: Path,
+    image: Image.Image,
+    fmt: str,
+    *,
+    protect: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    write_through: bool = False,
+) -> None:
+    """Write ``image`` to ``path`` in the Pillow format ``fmt`` (lossless settings), atomically;
+    ``protect`` and ``write_through`` as for :func:`hpcm_models.files.write_atomic`."""
+    write_atomic(
+        path, lambda f: _save_image(image, f, fmt), protect=protect, write_through=write_through
+    )
