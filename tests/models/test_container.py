@@ -93,10 +93,15 @@ def test_bad_magic_and_version() -> None:
 
 
 def test_limits_are_checked_before_streams() -> None:
-    data = _file(width=5000, height=5000, padded_width=5056, padded_height=5056)
+    data = _file(width=2800, height=2800, padded_width=2816, padded_height=2816)
     with pytest.raises(LimitExceededError, match="pixels"):
         read_container(data, Limits(max_pixels=1 << 20))
     read_container(data)  # within the default limits
+    # The default limit (2^23 pixels, docs/format.md) counts the padded pixels.
+    big = _file(width=5000, height=5000, padded_width=5120, padded_height=5120)
+    with pytest.raises(LimitExceededError, match="as 5120x5120, exceeds the limit of 8388608"):
+        read_container(big)
+    read_container(big, Limits(max_pixels=5120 * 5120))
 
 
 def test_inconsistent_padding_is_refused() -> None:

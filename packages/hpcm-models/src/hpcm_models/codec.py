@@ -259,7 +259,7 @@ class ImageCodec:
         """:meth:`encode`, also returning the header and ŷ (for tests and tools)."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL.Image.Image, got {type(image).__qualname__}")
-        check_image_size(image.width, image.height, self.limits)
+        check_image_size(image.width, image.height, self.limits, multiple=self.model.INPUT_MULTIPLE)
         rgb, mode, alpha = image_planes(image)
         height, width = rgb.shape[:2]
         x = torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))[None]

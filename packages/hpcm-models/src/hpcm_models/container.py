@@ -37,10 +37,13 @@ __all__ = [
     "HASH_BYTES",
     "MAGIC",
     "MAX_HEADER_BYTES",
+    "MAX_HEAD_BYTES",
+    "PAD_MULTIPLE",
     "Header",
     "ImageMode",
     "Limits",
     "StreamKind",
+    "container_size",
     "make_header_streams",
     "read_container",
     "write_container",
@@ -50,6 +53,9 @@ MAGIC = b"\x89HPCM\r\n\x1a"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 4096
 HASH_BYTES = 16
+#: Images are coded padded to multiples of this (``HPCM.INPUT_MULTIPLE``); ``Limits.max_pixels``
+#: counts the padded pixels.
+PAD_MULTIPLE = 128
 _PREFIX = struct.Struct("<8sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
 
@@ -78,14 +84,40 @@ class StreamKind(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Limits:
-    """Safety limits checked before any allocation. Raise them deliberately for huge images."""
+    """Safety limits, checked on a file's header (or an image's) before anything proportional to
+    them is allocated or any model is built. They bound the memory of coding: ``docs/format.md``
+    gives it as a formula of the header's fields. Raise them deliberately for huge images
+    (``hpcm compress/decompress --max-pixels``).
 
-    max_pixels: int = 1 << 28  # 268 M pixels, e.g. 16384 x 16384
+    Attributes:
+        max_pixels: pixels the model codes: the image padded to multiples of 128 (the
+            default, 2^23, is 4096 x 2048, or 3840 x 2160 UHD).
+        max_side: width and height.
+        max_latent_channels: M and N (the channels of y and z) of a file's header, hence of the
+            model that ``--random-weights`` builds for it.
+        max_latent_elements: elements of y and of z, each; by default what the pixel and
+            channel limits allow (``max_latent_channels * max_pixels / 256``: y has a channel
+            per 16 x 16 pixels).
+        max_streams: streams in a file.
+        max_padding: padded size minus original size, per side.
+        max_file_bytes: bytes of a ``.hpcm`` file, or of an image read from a pipe.
+    """
+
+    max_pixels: int = 1 << 23
     max_side: int = 1 << 16
-    max_latent_elements: int = 1 << 28
+    max_latent_channels: int = 512
+    max_latent_elements: int | None = None
     max_streams: int = 16
-    max_padding: int = 1024  # padded size minus original size, per side
-    max_file_bytes: int = 1 << 31
+    max_padding: int = 1024
+    max_file_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.max_latent_elements is None:
+            derived = max(self.max_latent_channels * self.max_pixels // 256, 1)
+            object.__setattr__(self, "max_latent_elements", derived)
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"expected Limits.{name} to be a positive int, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -224,21 +256,26 @@ class Header:
         for name, value in (("width", self.width), ("height", self.height)):
             if not 0 < value <= limits.max_side:
                 raise LimitExceededError(f"image {name} {value}; expected 1..{limits.max_side}")
-        if self.width * self.height > limits.max_pixels:
-            raise LimitExceededError(
-                f"image of {self.width}x{self.height} pixels exceeds the limit of "
-                f"{limits.max_pixels} pixels"
-            )
         for name, padded, size in (
             ("width", self.padded_width, self.width),
             ("height", self.padded_height, self.height),
         ):
             if not size <= padded <= size + limits.max_padding:
                 raise CorruptBitstreamError(f"padded {name} {padded} inconsistent with {size}")
+        if self.padded_width * self.padded_height > limits.max_pixels:
+            raise LimitExceededError(
+                f"image of {self.width}x{self.height} pixels, coded as {self.padded_width}x"
+                f"{self.padded_height}, exceeds the limit of {limits.max_pixels} pixels"
+            )
         for name, shape in (("y", self.y_shape), ("z", self.z_shape)):
             if any(d <= 0 for d in shape):
                 raise CorruptBitstreamError(f"{name} latent shape {shape} has empty dimensions")
-            if shape[0] * shape[1] * shape[2] > limits.max_latent_elements:
+            if shape[0] > limits.max_latent_channels:
+                raise LimitExceededError(
+                    f"{name} latent of {shape[0]} channels exceeds the limit of "
+                    f"{limits.max_latent_channels}"
+                )
+            if shape[0] * shape[1] * shape[2] > limits.max_latent_elements:  # type: ignore[operator]
                 raise LimitExceededError(
                     f"{name} latent shape {shape} exceeds the limit of "
                     f"{limits.max_latent_elements} elements"
@@ -273,20 +310,13 @@ def write_container(header: Header, streams: Sequence[bytes]) -> bytes:
     return head + _CRC.pack(zlib.crc32(head)) + b"".join(streams)
 
 
-def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, list[bytes]]:
-    """Validate a whole file and split it into its header and streams.
+#: Bytes before the first stream at most: the prefix, the longest header and its CRC.
+MAX_HEAD_BYTES = _PREFIX.size + MAX_HEADER_BYTES + _CRC.size
 
-    Raises:
-        UnsupportedFormatError: not an hpcm file, or an unknown format version.
-        TruncatedBitstreamError: the file ends early.
-        CorruptBitstreamError: a checksum fails, a field is inconsistent, or bytes trail.
-        LimitExceededError: the file or its header asks for more than ``limits`` allow.
-    """
-    limits = limits or Limits()
-    if len(data) > limits.max_file_bytes:
-        raise LimitExceededError(
-            f"file of {len(data)} bytes exceeds the limit of {limits.max_file_bytes} bytes"
-        )
+
+def _read_head(data: bytes, limits: Limits) -> tuple[Header, int]:
+    """Validate the prefix, header CRC and header fields at the start of ``data``; returns the
+    header and the offset of the first stream."""
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         if MAGIC.startswith(data[: len(MAGIC)]) and len(data) < len(MAGIC):
             raise TruncatedBitstreamError(f"file of {len(data)} bytes ends inside the magic")
@@ -308,9 +338,43 @@ def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, l
     (crc,) = _CRC.unpack_from(data, end)
     if zlib.crc32(data[:end]) != crc:
         raise CorruptBitstreamError("header checksum mismatch: the file is damaged")
-    header = Header.unpack(bytes(data[_PREFIX.size : end]), limits)
+    return Header.unpack(bytes(data[_PREFIX.size : end]), limits), end + _CRC.size
 
-    offset = end + _CRC.size
+
+def container_size(head: bytes, limits: Limits | None = None) -> int:
+    """The size a file must have, from its first bytes (at least its header, e.g. the first
+    :data:`MAX_HEAD_BYTES`, or the whole file if shorter): lets a reader validate the header and
+    read no more than the file announces.
+
+    Raises:
+        what :func:`read_container` raises for the prefix and the header, and
+        LimitExceededError: the announced size exceeds ``limits.max_file_bytes``.
+    """
+    limits = limits or Limits()
+    header, offset = _read_head(head, limits)
+    size = offset + sum(header.stream_lengths)
+    if size > limits.max_file_bytes:
+        raise LimitExceededError(
+            f"the header announces a file of {size} bytes; the limit is {limits.max_file_bytes}"
+        )
+    return size
+
+
+def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, list[bytes]]:
+    """Validate a whole file and split it into its header and streams.
+
+    Raises:
+        UnsupportedFormatError: not an hpcm file, or an unknown format version.
+        TruncatedBitstreamError: the file ends early.
+        CorruptBitstreamError: a checksum fails, a field is inconsistent, or bytes trail.
+        LimitExceededError: the file or its header asks for more than ``limits`` allow.
+    """
+    limits = limits or Limits()
+    if len(data) > limits.max_file_bytes:
+        raise LimitExceededError(
+            f"file of {len(data)} bytes exceeds the limit of {limits.max_file_bytes} bytes"
+        )
+    header, offset = _read_head(data, limits)
     expected = offset + sum(header.stream_lengths)
     if len(data) < expected:
         raise TruncatedBitstreamError(f"file has {len(data)} bytes but its streams need {expected}")
