@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,16 +27,19 @@ import torch
 
 from .devices import resolve_device
 from .entropy import CODING_BUFFERS
-from .errors import CheckpointError
+from .errors import CheckpointError, plain_text
+from .files import file_kind, write_atomic
 from .hpcm.config import HPCMConfig
 from .hpcm.model import HPCM
-from .image_io import write_atomic
 from .registry import available_models, get_model, model_class
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "MAX_CHANNELS",
     "build_model",
+    "check_model_kwargs",
+    "check_state_dict",
     "load_checkpoint",
     "load_training_checkpoint",
     "model_kwargs_from_json",
@@ -62,9 +67,24 @@ _STATE_DICT_KEYS = ("model", "state_dict", "network", "model_state_dict")
 # ---------------------------------------------------------------------------- reading
 
 
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split())
+def _one_line(err: BaseException | str, limit: int = 300) -> str:
+    text = " ".join(plain_text(str(err)).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_checkpoint_file(path: str | os.PathLike[str]) -> None:
+    """A checkpoint must be a readable regular file: a directory or FIFO is named as such (a FIFO
+    would also block torch.load until something writes into it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"checkpoint {str(path)!r} is {file_kind(mode)}, not a regular file")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: permission denied")
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
@@ -72,10 +92,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     holds (only tensors and plain Python data can be read; no code runs).
 
     Raises:
-        CheckpointError: missing, damaged or unsafe file.
+        CheckpointError: missing, not a regular file, damaged or unsafe.
     """
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    _check_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged or unsafe files
@@ -151,6 +170,86 @@ def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"reads version {CHECKPOINT_VERSION}"
         )
     return ckpt
+
+
+# ---------------------------------------------------------------------------- validation
+
+#: Largest M and N (the channels of y and z) a checkpoint may give; HPCM's are 320 and 256.
+MAX_CHANNELS = 4096
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor ({value.layout}{', meta' if value.is_meta else ''})"
+    return f"{type(value).__name__} {plain_text(repr(value))[:60]}"
+
+
+def _is_weight(value: Any) -> bool:
+    """A dense tensor of real numbers with storage: what a state dict of ours may hold."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.layout == torch.strided
+        and not value.is_meta
+        and not value.is_quantized
+        and not value.is_complex()
+        and value.dtype != torch.bool
+    )
+
+
+def check_model_kwargs(kwargs: Any, source: str) -> None:
+    """Model kwargs from a file must be a dict of names to values, ``"config"`` a dict (of
+    :class:`~hpcm_models.HPCMConfig` fields, which the config then checks) and M, N ints in
+    ``1..MAX_CHANNELS``.
+
+    Raises:
+        CheckpointError: naming ``source`` and the bad entry.
+    """
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise CheckpointError(
+            f"{source}: model kwargs must be a dict of names to values, got {_describe(kwargs)}"
+        )
+    config = kwargs.get("config")
+    if config is not None and not isinstance(config, Mapping | HPCMConfig):
+        raise CheckpointError(
+            f"{source}: model kwargs 'config' must be a dict of HPCMConfig fields, got "
+            f"{_describe(config)}"
+        )
+    for key in ("M", "N"):
+        value = kwargs.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CHANNELS
+        ):
+            raise CheckpointError(
+                f"{source}: model kwargs {key!r} must be an int in 1..{MAX_CHANNELS}, got "
+                f"{_describe(value)}"
+            )
+
+
+def check_state_dict(state: Mapping[Any, Any], source: str) -> None:
+    """Every entry of a state dict must be a named dense real tensor, and the tensors HPCM reads
+    M and N from (``means_hyper``, ``adaptive_params_list.0``) must give at most
+    :data:`MAX_CHANNELS`, before a model of that size is even described.
+
+    Raises:
+        CheckpointError: naming ``source`` and the bad entries.
+    """
+    bad = [
+        f"{plain_text(repr(k))[:80]}: {_describe(v)}"
+        for k, v in state.items()
+        if not isinstance(k, str) or not _is_weight(v)
+    ]
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{source}: the state dict must hold only dense real-valued tensors; found "
+            f"{'; '.join(bad[:3])}{more}"
+        )
+    for key, dim, scale in (("means_hyper", 1, 1), ("adaptive_params_list.0", 1, 3)):
+        shape = state[key].shape if key in state else None
+        if shape is not None and len(shape) > dim and shape[dim] > scale * MAX_CHANNELS:
+            raise CheckpointError(
+                f"{source}: {key} of shape {list(shape)} means more than {MAX_CHANNELS} channels"
+            )
 
 
 # ---------------------------------------------------------------------------- writing
@@ -230,6 +329,14 @@ def _checkpoint_model(
 ) -> tuple[str, dict[str, Any]]:
     """The registry name and constructor kwargs of a checkpoint, from what it says and what the
     caller says (which must agree)."""
+    if saved_name is not None and not isinstance(saved_name, str):
+        raise CheckpointError(
+            f"checkpoint {path!r}: model_name must be a string, got {_describe(saved_name)}"
+        )
+    if saved_kwargs is not None:
+        check_model_kwargs(saved_kwargs, f"checkpoint {path!r}")
+    if model_kwargs is not None:
+        check_model_kwargs(model_kwargs, "--model-kwargs")
     if model_name is not None and saved_name is not None and model_name != saved_name:
         raise CheckpointError(
             f"checkpoint {path!r} holds a {saved_name!r} model, not {model_name!r}"
@@ -254,7 +361,7 @@ def _checkpoint_model(
     try:
         return name, model_kwargs_from_json(name, kwargs_json)
     except (ValueError, TypeError) as err:
-        raise CheckpointError(f"bad model kwargs {kwargs_json}: {err}") from None
+        raise CheckpointError(_one_line(f"bad model kwargs for {name}: {err}")) from None
 
 
 def load_checkpoint(
@@ -298,16 +405,10 @@ def load_checkpoint(
         raise CheckpointError(f"model {name!r} is not an HPCM model; the codec cannot code it")
     M, N = kwargs.pop("M", None), kwargs.pop("N", None)
     state = remap_keys(state)
+    check_state_dict(state, f"checkpoint {path_str!r}")
     for key in CODING_BUFFERS:  # built by update() below
         state.setdefault(key, torch.empty(0))
-    try:
-        model = cls.from_state_dict(state, **kwargs)
-    except CheckpointError:
-        raise
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise CheckpointError(
-            f"checkpoint {path_str!r} does not fit {name}: {_one_line(err)}"
-        ) from None
+    model = _build_checked(cls, state, kwargs, f"checkpoint {path_str!r} does not fit {name}")
     for key, want, have in (("M", M, model.M), ("N", N, model.N)):
         if want is not None and want != have:
             raise CheckpointError(f"model kwargs say {key}={want}, the weights have {key}={have}")
@@ -316,8 +417,29 @@ def load_checkpoint(
     try:
         model.update(scale_table=scale_table, force=True)
     except ValueError as err:
-        raise CheckpointError(f"checkpoint {path_str!r} has a bad scale table: {err}") from None
+        raise CheckpointError(
+            f"checkpoint {path_str!r} has a bad scale table or hyper-latent scales (its rANS "
+            f"tables cannot be built): {_one_line(err)}"
+        ) from None
     return model.to(resolve_device(device))
+
+
+def _build_checked(
+    cls: type[HPCM], state: dict[str, Any], kwargs: dict[str, Any], what: str
+) -> HPCM:
+    """``cls.from_state_dict(state, **kwargs)``, first on the meta device: keys, shapes and kwargs
+    are checked against a model that allocates nothing, so a checkpoint that does not fit (or
+    kwargs asking for a huge model) fails before any memory is spent on it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # copying into meta tensors "is a no-op"
+            with torch.device("meta"):
+                cls.from_state_dict(state, **kwargs)
+        return cls.from_state_dict(state, **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a constructor fed from a file may raise anything
+        raise CheckpointError(f"{what}: {_one_line(err)}") from None
 
 
 def random_model(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BitstreamError",
     "CheckpointError",
@@ -20,7 +22,18 @@ __all__ = [
     "TruncatedBitstreamError",
     "UnsupportedFormatError",
     "WeightsMismatchError",
+    "plain_text",
 ]
+
+# ANSI escape sequences (CSI ... final byte, OSC ... BEL/ST), then any other control character.
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without terminal escape sequences and control characters (kept: newlines and
+    tabs): what an error message may print, whatever a file or a library put into it."""
+    return _CONTROL.sub("", _ANSI.sub("", text))
 
 
 class HPCMError(Exception):

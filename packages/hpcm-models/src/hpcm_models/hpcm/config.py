@@ -42,6 +42,46 @@ class HPCMConfig:
     num_heads: int = 32
     window_sizes: tuple[int, int, int] = (4, 8, 8)
 
+    def __post_init__(self) -> None:
+        """Check every field's type and range, so that a configuration from a file cannot fail
+        deep inside a constructor (a division by zero) or ask for an absurd allocation."""
+        for name, (length, low, high) in _FIELD_RANGES.items():
+            value = getattr(self, name)
+            values = value if length else (value,)
+            if length and not (isinstance(value, tuple) and len(value) == length):
+                raise ValueError(
+                    f"HPCMConfig.{name} must be a tuple of {length} ints, got {value!r}"
+                )
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or not all(
+                low <= v <= high for v in values
+            ):
+                what = "ints" if length else "an int"
+                raise ValueError(
+                    f"HPCMConfig.{name} must be {what} in {low}..{high}, got {value!r}"
+                )
+        if self.partial_ratio > min(self.transform_channels):
+            raise ValueError(
+                f"HPCMConfig.partial_ratio={self.partial_ratio} exceeds the narrowest transform "
+                f"width {min(self.transform_channels)}"
+            )
+
+
+# (tuple length or 0 for a scalar, smallest, largest) of each HPCMConfig field: generous bounds
+# around every published and preset configuration.
+_FIELD_RANGES: dict[str, tuple[int, int, int]] = {
+    "g_a_depths": (3, 0, 64),
+    "g_s_depths": (3, 0, 64),
+    "prior_s1_s2_depths": (2, 0, 64),
+    "prior_s3_depths": (2, 0, 64),
+    "h_a_depths": (2, 0, 64),
+    "h_s_depths": (2, 0, 64),
+    "transform_channels": (3, 1, 4096),
+    "mlp_ratio": (0, 1, 64),
+    "partial_ratio": (0, 1, 4096),
+    "num_heads": (0, 1, 4096),
+    "window_sizes": (3, 1, 1024),
+}
+
 
 #: HPCM-Base (``src/models/HPCM_Base.py``): 68,505,299 parameters at M=320, N=256.
 HPCM_BASE = HPCMConfig(
