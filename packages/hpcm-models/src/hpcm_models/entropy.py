@@ -32,6 +32,8 @@ from .errors import CheckpointError
 
 __all__ = [
     "CODING_BUFFERS",
+    "MAX_TABLE_ENTRIES",
+    "MAX_TABLE_ROWS",
     "RANS_PRECISION",
     "GeneralizedGaussian",
     "RansTables",
@@ -64,13 +66,52 @@ SCALE_TABLE_MAX = 64.0
 SCALE_TABLE_LEVELS = 60
 
 
+# The default table as float32 bit patterns: exp(linspace(log 0.12, log 64, 60)) exactly as ATen
+# computes it in float32 with its AVX2 kernels (a linspace whose `start + step * i` the compiler
+# contracts into an FMA, then SLEEF's vectorized expf). Computing it at run time gave other last
+# bits on other CPUs (ATen's scalar kernels, ATEN_CPU_CAPABILITY=default, differ in 29 of the 60
+# entries), and the config hash of every file whose checkpoint carries no table (the authors')
+# covers these bits: such files were refused across machines. Written out, the table is the same
+# everywhere, and files made by earlier code on AVX2 machines keep decoding.
+_DEFAULT_SCALE_TABLE_BITS = (
+    0x3DF5C28F, 0x3E08ADCD, 0x3E180703, 0x3E291974, 0x3E3C16AE, 0x3E5135CD, 0x3E68B41F, 0x3E816AEA,
+    0x3E8FF360, 0x3EA01DA1, 0x3EB21899, 0x3EC61875, 0x3EDC5742, 0x3EF5158F, 0x3F084D96, 0x3F179BFE,
+    0x3F28A26B, 0x3F3B9247, 0x3F50A288, 0x3F681050, 0x3F810FCF, 0x3F8F8E0B, 0x3F9FACEC, 0x3FB19B3B,
+    0x3FC58D03, 0x3FDBBC27, 0x3FF46908, 0x4007EDA3, 0x40173145, 0x40282BB6, 0x403B0E3B, 0x40500FA8,
+    0x40676CF2, 0x4080B4F4, 0x408F28FD, 0x409F3C83, 0x40B11E33, 0x40C501F1, 0x40DB2177, 0x40F3BCFB,
+    0x41078DF4, 0x4116C6D6, 0x4127B554, 0x413A8A90, 0x414F7D31, 0x4166CA09, 0x41805A5A, 0x418EC435,
+    0x419ECC6C, 0x41B0A185, 0x41C47743, 0x41DA8737, 0x41F31168, 0x42072E88, 0x42165CB1, 0x42273F43,
+    0x423A073E, 0x424EEB23, 0x42662793, 0x42800000,
+)  # fmt: skip
+
+#: Largest rANS tables :meth:`GeneralizedGaussian.quantized_cdfs` builds: rows (scales), and rows
+#: times the longest row. The default y table has 60 rows of at most 699 entries; a scale table
+#: or hyper-latent scales from a checkpoint beyond these are refused before anything is allocated.
+MAX_TABLE_ROWS = 4096
+MAX_TABLE_ENTRIES = 1 << 22
+
+
 def default_scale_table(
     min_scale: float = SCALE_TABLE_MIN,
     max_scale: float = SCALE_TABLE_MAX,
     levels: int = SCALE_TABLE_LEVELS,
 ) -> torch.Tensor:
-    """``exp(linspace(log min, log max, levels))``: the scales that get a quantized CDF."""
-    return torch.exp(torch.linspace(math.log(min_scale), math.log(max_scale), levels))
+    """``exp(linspace(log min, log max, levels))`` in float32: the scales that get a quantized CDF.
+
+    The default arguments give a fixed table (the same bits on every machine; see the comment on
+    ``_DEFAULT_SCALE_TABLE_BITS``); other arguments are computed in float64 by Python's ``math``
+    and rounded to float32 once.
+    """
+    if (min_scale, max_scale, levels) == (SCALE_TABLE_MIN, SCALE_TABLE_MAX, SCALE_TABLE_LEVELS):
+        bits = torch.tensor(_DEFAULT_SCALE_TABLE_BITS, dtype=torch.int64).to(torch.int32)
+        return bits.view(torch.float32)
+    if levels < 2 or not 0 < min_scale < max_scale:
+        raise ValueError(
+            f"expected 0 < min < max and levels >= 2, got {min_scale, max_scale, levels}"
+        )
+    low, high = math.log(min_scale), math.log(max_scale)
+    steps = [math.exp(low + (high - low) * i / (levels - 1)) for i in range(levels)]
+    return torch.tensor(steps, dtype=torch.float32)
 
 
 class _GeneralizedGaussianCDF(torch.autograd.Function):
@@ -238,13 +279,23 @@ class GeneralizedGaussian(nn.Module):
             the longest pmf; row ``i`` holds ``cdf_length[i]`` valid entries and symbol ``s`` maps
             to CDF entry ``s - offset[i]``.
         """
-        if scales.dim() != 1 or scales.numel() == 0:
-            raise ValueError(f"expected scales of shape [S] with S >= 1, got {list(scales.shape)}")
+        if scales.dim() != 1 or not 0 < scales.numel() <= MAX_TABLE_ROWS:
+            raise ValueError(
+                f"expected scales of shape [S] with 1 <= S <= {MAX_TABLE_ROWS}, got "
+                f"{list(scales.shape)}"
+            )
         beta = float(self.beta.item())
         bound = float(self.scale_lower_bound.bound)
         scales64 = scales.detach().double().cpu().clamp_min(bound)
         multiplier = -float(scipy.stats.gennorm.ppf(tail_mass / 2, beta))
-        center = torch.ceil(scales64 * multiplier).to(torch.int32)
+        half_widths = torch.ceil(scales64 * multiplier)
+        longest = float(half_widths.max()) * 2 + 3
+        if not math.isfinite(longest) or len(scales64) * longest > MAX_TABLE_ENTRIES:
+            raise ValueError(
+                f"{len(scales64)} scales up to {float(scales64.max()):.4g} would need tables of "
+                f"{len(scales64)} x {longest:.4g} entries; the limit is {MAX_TABLE_ENTRIES}"
+            )
+        center = half_widths.to(torch.int32)
         pmf_length = 2 * center + 1
         max_length = int(pmf_length.max())
 
@@ -290,8 +341,9 @@ class GeneralizedGaussian(nn.Module):
             return False
         table = default_scale_table() if scale_table is None else torch.as_tensor(scale_table)
         table = table.detach().float().flatten()
-        if table.numel() < 1 or not bool((table > 0).all()) or not bool((table.diff() > 0).all()):
-            raise ValueError(f"expected an increasing table of positive scales, got {table}")
+        if not bool((table > 0).all()) or not bool((table.diff() > 0).all()):
+            shown = table if table.numel() <= 8 else f"{table.numel()} entries"
+            raise ValueError(f"expected an increasing table of positive scales, got {shown}")
         device = hyper_scales.device
         cdf_z, length_z, offset_z = self.quantized_cdfs(hyper_scales.detach().flatten())
         cdf_y, length_y, offset_y = self.quantized_cdfs(table)
