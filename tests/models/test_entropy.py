@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -100,3 +103,71 @@ def test_quantized_pmf_approximates_the_model() -> None:
 def test_quantized_cdfs_reject_bad_scales() -> None:
     with pytest.raises(ValueError, match=r"scales of shape \[S\]"):
         GeneralizedGaussian().quantized_cdfs(torch.ones(2, 2))
+
+
+# The default table, the config hash of a model loaded from argv[1], and the float32
+# exp(linspace(...)) the table used to be computed with, as a process that may run other ATen
+# kernels (ATEN_CPU_CAPABILITY) prints them.
+_TABLE_AND_HASH = """
+import math, sys, torch
+from hpcm_models import HPCM_MICRO, get_model
+from hpcm_models.entropy import default_scale_table
+from hpcm_models.hashes import config_hash
+model = get_model("hpcm-base", M=16, N=8, config=HPCM_MICRO)
+model.load_state_dict(torch.load(sys.argv[1], weights_only=True))
+model.update(force=True)
+print(default_scale_table().view(torch.int32).tolist(), config_hash(model, "hpcm-base").hex())
+print(torch.exp(torch.linspace(math.log(0.12), math.log(64.0), 60)).view(torch.int32).tolist())
+"""
+
+
+def _run_with(capability: str, state_path) -> list[str]:
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, PYTHONWARNINGS="ignore")
+    result = subprocess.run(
+        [sys.executable, "-c", _TABLE_AND_HASH, str(state_path)],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    return result.stdout.splitlines()
+
+
+def test_default_scale_table_and_config_hash_are_the_same_on_every_cpu(tmp_path) -> None:
+    """The default table is a constant, so ATen's scalar kernels (ATEN_CPU_CAPABILITY=default),
+    whose float32 exp(linspace(...)) rounds differently, give the same table, rANS tables and
+    config hash. The constant is what ATen's AVX2 kernels computed (most x86-64 CPUs), so files
+    made with the computed table there keep their config hash."""
+    from hpcm_models import HPCM_MICRO, get_model
+    from hpcm_models.hashes import config_hash
+
+    model = get_model("hpcm-base", M=16, N=8, config=HPCM_MICRO)
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    model.update(force=True)
+    table = str(default_scale_table().view(torch.int32).tolist())
+    here = f"{table} {config_hash(model, 'hpcm-base').hex()}"
+    table_and_hash, computed = _run_with("default", tmp_path / "state.pt")
+    assert table_and_hash == here
+    assert computed != table  # what the scalar kernels compute: not the table
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        table_and_hash, computed = _run_with("avx2", tmp_path / "state.pt")
+        assert table_and_hash == here
+        assert computed == table
+
+
+def test_other_scale_tables_are_computed_in_float64() -> None:
+    other = default_scale_table(0.11, 64.0, 60)
+    low, high = math.log(0.11), math.log(64.0)
+    expected = [math.exp(low + (high - low) * i / 59) for i in range(60)]
+    assert torch.equal(other, torch.tensor(expected, dtype=torch.float32))
+    with pytest.raises(ValueError, match="0 < min < max"):
+        default_scale_table(2.0, 1.0, 60)
+
+
+def test_tables_are_bounded_before_they_are_allocated() -> None:
+    ggm = GeneralizedGaussian()
+    with pytest.raises(ValueError, match="1 <= S <= 4096"):
+        ggm.quantized_cdfs(torch.linspace(0.2, 2.0, 5000))
+    with pytest.raises(ValueError, match="would need tables of 2 x"):
+        ggm.quantized_cdfs(torch.tensor([1.0, 1e12]))
+    with pytest.raises(ValueError, match="would need tables"):
+        ggm.quantized_cdfs(torch.tensor([1.0, float("nan")]))
+    cdf, _, _ = ggm.quantized_cdfs(torch.tensor([0.5, 300.0]))  # 2 x 3259 entries: fine
+    assert cdf.shape[0] == 2
