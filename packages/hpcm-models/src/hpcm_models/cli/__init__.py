@@ -10,11 +10,14 @@ Errors that users can cause (bad files, bad flags) are raised as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
-from hpcm_models.errors import HPCMError
+from hpcm_models.errors import HPCMError, plain_text
 
 __all__ = ["build_parser", "main"]
 
@@ -69,14 +72,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is, so that ``finally`` blocks run (they
+    remove temporary files). A BaseException, like KeyboardInterrupt: ``except Exception`` does
+    not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Signals that end the program through _Terminated (SIGHUP does not exist on Windows).
+_TERMINATING = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    for sig in _TERMINATING:  # a second signal must not interrupt the cleanup of the first
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`_Terminated` (SIGINT raises KeyboardInterrupt already);
+    the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING}
     try:
-        return int(args.run(args))
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _message(text: str) -> str:
+    """One line without terminal escapes, whatever a file or library put into ``text``."""
+    return " ".join(plain_text(text).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hpcm``. Exit status: 0, 1 for an :class:`HPCMError` (one line on stderr), 2 for bad
+    flags, 130 on SIGINT, 128 + N on SIGTERM or SIGHUP (signal N); a command stopped by a signal
+    removes its temporary files and leaves an existing output as it was."""
+    prog = "hpcm"
+    try:
+        with _signals_as_exceptions():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help(sys.stderr)
+                return 2
+            prog = f"hpcm {args.command}"
+            return int(args.run(args))
     except HPCMError as err:
-        print(f"hpcm {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {_message(str(err))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (SIGINT)", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _Terminated as stop:
+        print(f"{prog}: terminated ({signal.Signals(stop.signum).name})", file=sys.stderr)
+        return 128 + stop.signum

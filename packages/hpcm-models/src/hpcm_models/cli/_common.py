@@ -14,11 +14,15 @@ from typing import Any
 from hpcm_models.errors import HPCMError
 
 __all__ = [
+    "add_file_options",
     "add_models_option",
     "add_weight_options",
     "json_object",
+    "limits",
+    "positive_int",
     "prepare_device",
     "progress",
+    "protected_files",
     "random_weights",
     "subcommand",
     "write_json",
@@ -47,6 +51,54 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_file_options(p: argparse.ArgumentParser) -> None:
+    """How the input may be read and the output written (``compress`` and ``decompress``)."""
+    from hpcm_models.container import Limits
+
+    default = Limits().max_pixels
+    g = p.add_argument_group("files and limits")
+    g.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="if OUT is a symbolic link, replace the file it names; if OUT is a FIFO or a "
+        "character device, write into it (refused without --force, like gzip). The input and "
+        "the checkpoint are never overwritten",
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=default,
+        metavar="N",
+        help=f"largest image to code, in pixels once padded to multiples of 128 (default "
+        f"{default} = 2**{default.bit_length() - 1}, e.g. 4096x2048; coding takes about 1 KB of "
+        "memory per pixel, see docs/format.md)",
+    )
+
+
+def limits(args: argparse.Namespace) -> Any:
+    """The :class:`~hpcm_models.container.Limits` of ``--max-pixels``."""
+    from hpcm_models.container import Limits
+
+    return Limits(max_pixels=args.max_pixels)
+
+
+def protected_files(args: argparse.Namespace) -> dict[str, Any]:
+    """Files the command must not write over, besides its input: the checkpoint."""
+    return {"checkpoint": args.checkpoint} if getattr(args, "checkpoint", None) else {}
 
 
 def add_models_option(

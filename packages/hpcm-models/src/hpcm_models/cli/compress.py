@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hpcm_models.cli._common import add_weight_options, prepare_device, random_weights, subcommand
+from hpcm_models.cli._common import (
+    add_file_options,
+    add_weight_options,
+    limits,
+    prepare_device,
+    protected_files,
+    random_weights,
+    subcommand,
+)
 from hpcm_models.errors import HPCMError
 
 HELP = "compress an image into a .hpcm file"
@@ -17,8 +25,10 @@ examples:
   hpcm compress photo.jpg photo.hpcm --checkpoint runs/base-0.013/best.pt --device cuda
   hpcm compress photo.png demo.hpcm --model hpcm-base --random-weights --seed 0   (demo only)
 
-Any size and mode Pillow reads (RGB, L, RGBA, LA, P, ...); alpha is kept losslessly.
-The file records the model and a hash of its weights: decompress it with the same checkpoint.
+Any mode Pillow reads (RGB, L, RGBA, LA, P, ...) up to --max-pixels; alpha is kept losslessly;
+more than 8 bits per sample is refused. The file records the model and a hash of its weights:
+decompress it with the same checkpoint. OUT is replaced atomically (its permissions kept); a
+symbolic link, FIFO or device at OUT is refused unless --force.
 """
 
 
@@ -40,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="model name (required unless the checkpoint names its model)",
     )
     add_weight_options(p)
+    add_file_options(p)
     p.set_defaults(run=run)
 
 
@@ -58,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, args.model, device=device, model_kwargs=args.model_kwargs or None
         )
 
-    report = compress_file(args.input, args.output, build)
+    report = compress_file(
+        args.input,
+        args.output,
+        build,
+        limits=limits(args),
+        protect=protected_files(args),
+        write_through=args.force,
+    )
     print(report.summary())
     return 0

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hpcm_models.cli._common import add_weight_options, prepare_device, random_weights, subcommand
+from hpcm_models.cli._common import (
+    add_file_options,
+    add_weight_options,
+    limits,
+    prepare_device,
+    protected_files,
+    random_weights,
+    subcommand,
+)
 
 HELP = "decompress a .hpcm file into an image (PNG recommended)"
 
@@ -18,7 +26,8 @@ examples:
 The model name and size come from the file; the checkpoint must be the one it was compressed
 with (its weights hash is checked). Output formats: .png .bmp .tif .tiff .ppm .pgm .pnm .webp
 (lossless); lossy formats such as .jpg are refused. Damaged files, other weights and decoder
-desynchronization are reported as errors; no image is written then.
+desynchronization are reported as errors; no image is written then. The file's header is checked
+against --max-pixels before any model is loaded or built (--random-weights included).
 """
 
 
@@ -27,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, metavar="IN", help=".hpcm file")
     p.add_argument("output", type=Path, metavar="OUT", help="image file to write")
     add_weight_options(p)
+    add_file_options(p)
     p.set_defaults(run=run)
 
 
@@ -47,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
             model_kwargs=args.model_kwargs or None,
         )
 
-    report = decompress_file(args.input, args.output, build)
+    report = decompress_file(
+        args.input,
+        args.output,
+        build,
+        limits=limits(args),
+        protect=protected_files(args),
+        write_through=args.force,
+    )
     print(report.summary())
     return 0
