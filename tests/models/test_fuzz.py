@@ -1,0 +1,268 @@
+"""Fuzz targets: mutated ``.hpcm`` headers and streams, and mutated image files.
+
+The decoder gets the golden files (every built-in model, every stream kind) with mutations that
+get past the checksums: header bytes overwritten and the header CRC recomputed, stream bytes
+flipped, overwritten, inserted or cut with the stream's length and CRC fixed in the header, streams
+swapped between files, and raw damage without any fix. Whatever it gets, it must raise a
+:class:`~hpcm_models.errors.BitstreamError` or return an image of the size and mode its header
+states (a mutation can leave the symbols intact), within the limits: nothing else, no hang.
+
+The image reader gets small PNG, GIF, BMP, TIFF, WebP, JPEG and PPM files with bytes flipped,
+overwritten, inserted or cut: it must raise :class:`~hpcm_models.errors.ImageError` or return an
+image within the limits that :func:`~hpcm_models.image_io.image_planes` accepts or refuses with
+an ``ImageError``.
+
+In CI each target runs ``HPCM_FUZZ_EXAMPLES`` cases (default 25; the ``ci`` profile of
+``tests/conftest.py`` makes them the same every run). ``tools/fuzz_codec.py`` runs them for hours
+with fresh random cases and reports how many ran and what they raised.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import io
+import json
+import os
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from hpcm_models.codec import ImageCodec
+from hpcm_models.container import Limits, read_container
+from hpcm_models.errors import BitstreamError, ImageError
+from hpcm_models.image_io import image_planes, read_image
+
+GOLDEN = Path(__file__).parent / "golden"
+ENTRIES = json.loads((GOLDEN / "golden.json").read_text())["files"]
+TOOL_PATH = Path(__file__).resolve().parents[2] / "tools" / "make_golden.py"
+EXAMPLES = int(os.environ.get("HPCM_FUZZ_EXAMPLES", "25"))
+# Small limits keep each case fast: a forged header may claim any size up to them, and then the
+# whole network runs over it (the default limits are tested in tests/cli/test_hardening.py).
+LIMITS = Limits(max_pixels=1 << 16, max_file_bytes=1 << 20)
+
+#: What the targets saw, by outcome (``tools/fuzz_codec.py`` reports it).
+STATS: collections.Counter[str] = collections.Counter()
+
+_PREFIX = struct.Struct("<8sHI")
+
+
+def _golden_tool():
+    spec = importlib.util.spec_from_file_location("make_golden", TOOL_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_CODECS: dict[tuple[str, bool], ImageCodec] = {}
+
+
+def golden_codec(entry: dict) -> ImageCodec:
+    """The codec of a golden file, with :data:`LIMITS` (built once per model)."""
+    key = (entry["model"], entry["weights"] == "lively")
+    if key not in _CODECS:
+        codec = _golden_tool().golden_codec(*key)
+        _CODECS[key] = ImageCodec(codec.model, codec.model_id, limits=LIMITS)
+    return _CODECS[key]
+
+
+FILES = [(GOLDEN / e["file"]).read_bytes() for e in ENTRIES]
+
+
+# ---------------------------------------------------------------------------- mutations
+
+
+def _layout(data: bytes) -> tuple[int, list[tuple[int, int]], int]:
+    """``(header end, [(offset, length) of each stream entry in the header], offset of the first
+    stream)`` of a valid file."""
+    _, _, header_len = _PREFIX.unpack_from(data)
+    end = _PREFIX.size + header_len
+    n_model = data[_PREFIX.size]
+    fixed = _PREFIX.size + 1 + n_model + struct.calcsize("<16s16sIIBII3I3I16sH")
+    entries = [(fixed + 9 * i, 9) for i in range((end - fixed) // 9)]
+    return end, entries, end + 4
+
+
+def _fix_header_crc(data: bytearray) -> None:
+    end = _PREFIX.size + _PREFIX.unpack_from(data)[2]
+    data[end : end + 4] = struct.pack("<I", zlib.crc32(bytes(data[:end])))
+
+
+def _edit(data: bytes, ops: list[tuple[str, int, bytes]]) -> bytes:
+    """Apply byte edits: ``("flip"|"set"|"insert"|"cut", position, bytes)``."""
+    out = bytearray(data)
+    for op, pos, value in ops:
+        pos = pos % (len(out) + 1)
+        if op == "flip" and out:
+            out[pos % len(out)] ^= value[0] or 1
+        elif op == "set":
+            out[pos : pos + len(value)] = value
+        elif op == "insert":
+            out[pos:pos] = value
+        elif op == "cut":
+            del out[pos : pos + len(value)]
+    return bytes(out)
+
+
+def _with_streams(data: bytes, streams: list[bytes]) -> bytes:
+    """``data`` with its streams replaced, lengths and CRCs fixed in the header."""
+    end, entries, _ = _layout(data)
+    head = bytearray(data[: end + 4])
+    for (offset, _), stream in zip(entries, streams, strict=True):
+        struct.pack_into("<II", head, offset + 1, len(stream), zlib.crc32(stream))
+    _fix_header_crc(head)
+    return bytes(head) + b"".join(streams)
+
+
+byte_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "set", "insert", "cut"]),
+        st.integers(0, 1 << 16),
+        st.binary(min_size=1, max_size=8),
+    ),
+    min_size=1,
+    max_size=4,
+)
+interesting = (
+    st.sampled_from(
+        [0, 1, 2, 7, 8, 15, 16, 63, 64, 127, 128, 255, 256, 4095, 4096, 65535, 65536, 1 << 24]
+    )
+    | st.sampled_from([(1 << 31) - 1, 1 << 31, (1 << 32) - 1])
+    | st.integers(0, (1 << 32) - 1)
+)
+
+
+@st.composite
+def mutated_files(draw) -> tuple[int, bytes, str]:
+    """``(golden file index, mutated bytes, mutation kind)``."""
+    index = draw(st.integers(0, len(FILES) - 1))
+    data = FILES[index]
+    kind = draw(st.sampled_from(["header field", "header bytes", "stream", "swap", "raw"]))
+    streams = read_container(data)[1]
+    end = _layout(data)[0]
+    if kind == "header field":  # a u8/u16/u32 anywhere in the header body, CRC recomputed
+        out = bytearray(data)
+        pos = draw(st.integers(_PREFIX.size, end - 1))
+        size = draw(st.sampled_from([1, 2, 4]))
+        value = draw(interesting) % (1 << (8 * size))
+        out[pos : pos + size] = value.to_bytes(size, "little")[: max(0, end - pos)]
+        _fix_header_crc(out)
+        return index, bytes(out), kind
+    if kind == "header bytes":  # edits that may change the header's length, CRC recomputed
+        body = _edit(data[_PREFIX.size : end], draw(byte_ops))
+        head = bytearray(_PREFIX.pack(*_PREFIX.unpack_from(data)[:2], len(body)) + body + b"\0" * 4)
+        _fix_header_crc(head)
+        return index, bytes(head) + data[end + 4 :], kind
+    if kind == "stream":  # a stream's bytes changed, its length and CRC fixed in the header
+        i = draw(st.integers(0, len(streams) - 1))
+        streams = list(streams)
+        streams[i] = _edit(streams[i], draw(byte_ops))
+        return index, _with_streams(data, streams), kind
+    if kind == "swap":  # a stream of another file (other model, size or mode), CRCs fixed
+        other = read_container(FILES[draw(st.integers(0, len(FILES) - 1))])[1]
+        i = draw(st.integers(0, len(streams) - 1))
+        streams = list(streams)
+        streams[i] = other[draw(st.integers(0, len(other) - 1))]
+        return index, _with_streams(data, streams), kind
+    return index, _edit(data, draw(byte_ops)), kind
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def check_decoder(index: int, data: bytes, kind: str) -> None:
+    """The property of the decoder target (also called by ``tools/fuzz_codec.py``)."""
+    codec = golden_codec(ENTRIES[index])
+    try:
+        image = codec.decode(data)
+    except BitstreamError as err:
+        STATS[f"decoder {kind}: {type(err).__name__}"] += 1
+        return
+    header, _ = read_container(data, LIMITS)
+    assert (image.width, image.height, image.mode) == (
+        header.width,
+        header.height,
+        header.mode.name,
+    )
+    STATS[f"decoder {kind}: decoded"] += 1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(mutated_files())
+def test_decoder_survives_mutated_headers_and_streams(case) -> None:
+    check_decoder(*case)
+
+
+def _sample_images() -> dict[str, bytes]:
+    """Small images in the formats Pillow reads most, with odd sizes, palettes and alpha."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (11, 13, 3), dtype=np.uint8))
+    rgba = Image.fromarray(rng.integers(0, 256, (7, 9, 4), dtype=np.uint8))
+    samples = {}
+    for name, image, fmt in (
+        ("png", rgba, "PNG"),
+        ("gif", rgb.convert("P"), "GIF"),
+        ("bmp", rgb, "BMP"),
+        ("tiff", rgb, "TIFF"),
+        ("webp", rgba, "WEBP"),
+        ("jpeg", rgb, "JPEG"),
+        ("ppm", rgb.convert("L"), "PPM"),
+    ):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        samples[name] = buffer.getvalue()
+    return samples
+
+
+IMAGES = _sample_images()
+IMAGE_LIMITS = Limits(max_pixels=1 << 16, max_file_bytes=1 << 20)
+
+
+def check_image_reader(path: Path, name: str, data: bytes) -> None:
+    """The property of the image target (also called by ``tools/fuzz_codec.py``)."""
+    path.write_bytes(data)
+    try:
+        image = read_image(path, IMAGE_LIMITS)
+        image_planes(image)
+    except ImageError as err:
+        STATS[f"image {name}: ImageError"] += 1
+        del err
+        return
+    assert 0 < image.width * image.height <= IMAGE_LIMITS.max_pixels
+    STATS[f"image {name}: read"] += 1
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz") / "image"
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.sampled_from(sorted(IMAGES)), byte_ops)
+def test_image_reader_survives_mutated_files(image_path, name, ops) -> None:
+    check_image_reader(image_path, name, _edit(IMAGES[name], ops))
