@@ -100,7 +100,10 @@ class Limits:
             per 16 x 16 pixels).
         max_streams: streams in a file.
         max_padding: padded size minus original size, per side.
-        max_file_bytes: bytes of a ``.hpcm`` file, or of an image read from a pipe.
+        max_file_bytes: bytes of a ``.hpcm`` file, or of an image read from a pipe; by default
+            ``16 * max_latent_elements`` (2^28): more than any file the encoder writes within
+            the other limits (its streams need at most 2 + 8 bytes per latent, with every
+            latent escaped, and a byte of alpha per pixel).
     """
 
     max_pixels: int = 1 << 23
@@ -109,12 +112,14 @@ class Limits:
     max_latent_elements: int | None = None
     max_streams: int = 16
     max_padding: int = 1024
-    max_file_bytes: int = 1 << 30
+    max_file_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_latent_elements is None:
             derived = max(self.max_latent_channels * self.max_pixels // 256, 1)
             object.__setattr__(self, "max_latent_elements", derived)
+        if self.max_file_bytes is None:
+            object.__setattr__(self, "max_file_bytes", 16 * self.max_latent_elements)
         for name, value in vars(self).items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"expected Limits.{name} to be a positive int, got {value!r}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 import time
@@ -53,6 +54,7 @@ TEMP_SUFFIX = ".hpcm-tmp"
 #: machine sharing the directory (NFS) touches its file while it writes.
 STALE_TEMP_SECONDS = 60.0
 _CHUNK = 1 << 20
+_HEX8 = re.compile(r"[0-9a-f]{8}")
 
 _READ_ERRORS: tuple[tuple[type[OSError], str], ...] = (
     (FileNotFoundError, "no such file"),
@@ -255,7 +257,7 @@ def sweep_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
             parts = entry.name.removesuffix(TEMP_SUFFIX).rsplit(".", 2)
             if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
                 continue
-            if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 8:
+            if len(parts) != 3 or not parts[1].isdigit() or not _HEX8.fullmatch(parts[2]):
                 continue
             try:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS

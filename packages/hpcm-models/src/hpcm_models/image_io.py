@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .container import PAD_MULTIPLE, Header, ImageMode, Limits
-from .errors import FileAccessError, ImageError, LimitExceededError
+from .errors import FileAccessError, HPCMError, ImageError, LimitExceededError
 from .files import cannot_read, read_file, same_file, write_atomic
 
 __all__ = [
@@ -88,26 +88,29 @@ def _read_formats() -> list[str]:
     return [fmt for fmt in Image.OPEN if fmt not in _REFUSED_FORMATS]
 
 
-def _raw_modes(image: Image.Image) -> list[str]:
-    """The raw modes of an image's tiles (what the file stores; empty once loaded)."""
-    modes = []
+def _deep_tiles(image: Image.Image) -> list[str]:
+    """What the file stores with more than 8 bits per sample, from its tiles (known only until the
+    image is loaded): a raw mode such as ``RGB;16B``, or a PNM ``maxval`` above 255."""
+    deep = []
     for tile in getattr(image, "tile", None) or ():
         args = tile[3] if len(tile) > 3 else None
         raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) else None)
-        if isinstance(raw, str):
-            modes.append(raw)
-    return modes
+        if isinstance(raw, str) and _DEEP_RAW_MODE.search(raw):
+            deep.append(raw)
+        elif tile[0] == "ppm" and isinstance(args, tuple) and len(args) > 1 and args[1] > 255:
+            deep.append(f"{raw}, maxval {args[1]}")
+    return deep
 
 
 def check_bit_depth(image: Image.Image, name: str = "image") -> None:
-    """Refuse images with more than 8 bits per sample, also those Pillow would silently cut to 8
-    bits (16-bit RGB, RGBA and LA PNG or TIFF open as 8-bit modes; their raw mode tells). Only an
-    image that is not loaded yet still knows its raw mode.
+    """Refuse images with more than 8 bits per sample, also those Pillow would silently bring to
+    8 bits (16-bit RGB, RGBA and LA PNG or TIFF open as 8-bit modes keeping the high byte, PNM
+    with a maxval above 255 is rescaled; the file's tiles tell, before the image is loaded).
 
     Raises:
         ImageError: more than 8 bits per sample.
     """
-    deep = [raw for raw in _raw_modes(image) if _DEEP_RAW_MODE.search(raw)]
+    deep = _deep_tiles(image)
     if image.mode in _HIGH_DEPTH_MODES or deep:
         what = deep[0] if deep else image.mode
         raise ImageError(
@@ -158,40 +161,53 @@ def _source(path: str | os.PathLike[str], limits: Limits) -> str | os.PathLike[s
     return path
 
 
+@contextlib.contextmanager
+def _pillow_errors(path: str | os.PathLike[str], limits: Limits, what: str) -> Iterator[None]:
+    """Pillow parses untrusted bytes, and what its plugins raise on a damaged file is no contract:
+    besides OSError, ValueError and SyntaxError, fuzzing found TypeError (a TIFF whose second page
+    lacks its size, raised while counting frames), and IndexError, struct.error or EOFError are as
+    plausible. Every exception becomes an :class:`ImageError` (ours pass through), with Pillow's
+    decompression-bomb check at ``limits``; ``what`` says what was being done."""
+    try:
+        with _pillow_bomb_limit(limits.max_pixels):
+            yield
+    except HPCMError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise ImageError(
+            f"{str(path)!r} holds a frame or part beyond the limit of {limits.max_pixels} pixels "
+            f"({err})"
+        ) from None
+    except Exception as err:
+        raise ImageError(
+            f"{str(path)!r} is damaged or truncated ({what}: {type(err).__name__}: {err})"
+        ) from None
+
+
 def _open(path: str | os.PathLike[str], limits: Limits) -> Image.Image:
     """Open lazily (the header only), with the size limits, the bit depth and one frame checked."""
     source = _source(path, limits)
     try:
         with _pillow_bomb_limit(None):
             image = Image.open(source, formats=_read_formats())
-    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        if isinstance(err, FileNotFoundError | IsADirectoryError | PermissionError):
-            raise cannot_read(path, err) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        raise cannot_read(path, err) from None
+    except Exception as err:  # Pillow's UnidentifiedImageError, or a plugin's own
         raise ImageError(f"{str(path)!r} is not an image Pillow can read ({err})") from None
     try:
         check_image_size(image.width, image.height, limits, repr(str(path)))
         check_bit_depth(image, repr(str(path)))
-        with _pillow_bomb_limit(limits.max_pixels):  # counting frames reads frame headers
+        with _pillow_errors(path, limits, "counting its frames"):  # reads every frame header
             frames = getattr(image, "n_frames", 1)
         if frames > 1:
             raise ImageError(
                 f"{str(path)!r} has {frames} frames; the codec codes one still image "
                 "(extract a frame first)"
             )
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        image.close()
-        raise _bomb(path, limits, err) from None
     except BaseException:
         image.close()
         raise
     return image
-
-
-def _bomb(path: str | os.PathLike[str], limits: Limits, err: Exception) -> ImageError:
-    return ImageError(
-        f"{str(path)!r} holds a frame or part beyond the limit of {limits.max_pixels} pixels "
-        f"({err})"
-    )
 
 
 def read_image(path: str | os.PathLike[str], limits: Limits | None = None) -> Image.Image:
@@ -204,25 +220,24 @@ def read_image(path: str | os.PathLike[str], limits: Limits | None = None) -> Im
     limits = limits or Limits()
     with _open(path, limits) as image:
         size = image.size
-        try:
-            with _pillow_bomb_limit(limits.max_pixels):
-                image.load()
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-            raise _bomb(path, limits, err) from None
-        except (OSError, ValueError, SyntaxError) as err:
-            raise ImageError(f"{str(path)!r} is damaged or truncated ({err})") from None
+        with _pillow_errors(path, limits, "decoding"):
+            image.load()
         if image.size != size:  # a plugin that chose its size while loading
             check_image_size(image.width, image.height, limits, repr(str(path)))
-        return ImageOps.exif_transpose(image)
+        with _pillow_errors(path, limits, "applying its EXIF orientation"):
+            return ImageOps.exif_transpose(image)
 
 
 def image_size(path: str | os.PathLike[str], limits: Limits | None = None) -> tuple[int, int]:
     """``(width, height)`` of the image :func:`read_image` would return, from the file's header
     (no pixel is decoded). Raises what :func:`read_image` raises for the header."""
-    with _open(path, limits or Limits()) as image:
+    limits = limits or Limits()
+    with _open(path, limits) as image:
         width, height = image.size
-        if image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
-            width, height = height, width
+        with _pillow_errors(path, limits, "reading its EXIF data"):
+            orientation = image.getexif().get(_EXIF_ORIENTATION)
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
     return width, height
 
 

@@ -17,12 +17,11 @@ __all__ = [
     "add_file_options",
     "add_models_option",
     "add_weight_options",
+    "file_arguments",
     "json_object",
-    "limits",
     "positive_int",
     "prepare_device",
     "progress",
-    "protected_files",
     "random_weights",
     "subcommand",
     "write_json",
@@ -89,16 +88,18 @@ def add_file_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def limits(args: argparse.Namespace) -> Any:
-    """The :class:`~hpcm_models.container.Limits` of ``--max-pixels``."""
+def file_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`~hpcm_models.codec_files.compress_file` and
+    ``decompress_file`` from :func:`add_file_options` and the weights: the limits of
+    ``--max-pixels``, the checkpoint protected like the input, ``--force``."""
     from hpcm_models.container import Limits
 
-    return Limits(max_pixels=args.max_pixels)
-
-
-def protected_files(args: argparse.Namespace) -> dict[str, Any]:
-    """Files the command must not write over, besides its input: the checkpoint."""
-    return {"checkpoint": args.checkpoint} if getattr(args, "checkpoint", None) else {}
+    checkpoint = getattr(args, "checkpoint", None)
+    return {
+        "limits": Limits(max_pixels=args.max_pixels),
+        "protect": {"checkpoint": checkpoint} if checkpoint else {},
+        "write_through": args.force,
+    }
 
 
 def add_models_option(

@@ -9,9 +9,8 @@ from typing import Any
 from hpcm_models.cli._common import (
     add_file_options,
     add_weight_options,
-    limits,
+    file_arguments,
     prepare_device,
-    protected_files,
     random_weights,
     subcommand,
 )
@@ -73,9 +72,7 @@ def run(args: argparse.Namespace) -> int:
         args.input,
         args.output,
         build,
-        limits=limits(args),
-        protect=protected_files(args),
-        write_through=args.force,
+        **file_arguments(args),
     )
     print(report.summary())
     return 0
