@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import importlib.util
 import json
 import platform
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -35,12 +35,12 @@ TARGETS = ROOT / "tests" / "models" / "test_fuzz.py"
 
 
 def load_targets():
-    """``tests/models/test_fuzz.py`` as a module (the tests folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("hpcm_fuzz_targets", TARGETS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``tests/models/test_fuzz.py`` as a module (the tests folder is not a package; its helpers
+    are imported from ``tests/``, as pytest's ``pythonpath`` does)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import load_module
+
+    return load_module(TARGETS, "hpcm_fuzz_targets")
 
 
 def peak_rss_mib() -> float:
@@ -111,22 +111,26 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         }
 
-    while time.monotonic() - start < budget:
-        for name, (strategy, check) in targets.items():
-            try:
-                run_round(strategy, check, args.round, cases, name)
-            except Exception as err:  # a finding: keep it and go on
-                args.out.mkdir(parents=True, exist_ok=True)
-                report = "".join(traceback.format_exception(err))
-                path = args.out / f"{name}-{len(findings):03d}.txt"
-                path.write_text(report)
-                findings.append({"target": name, "error": repr(err)[:300], "file": str(path)})
-                print(f"FINDING in {name}: {err!r} (written to {path})", flush=True)
-        rounds += 1
-        if time.monotonic() - last_report >= args.report:
-            last_report = time.monotonic()
-            progress = {k: summary()[k] for k in ("seconds", "cases", "findings", "peak_rss_mib")}
-            print(json.dumps(progress), flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: report
+    try:
+        while time.monotonic() - start < budget:
+            for name, (strategy, check) in targets.items():
+                try:
+                    run_round(strategy, check, args.round, cases, name)
+                except Exception as err:  # a finding: keep it and go on
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    report = "".join(traceback.format_exception(err))
+                    path = args.out / f"{name}-{len(findings):03d}.txt"
+                    path.write_text(report)
+                    findings.append({"target": name, "error": repr(err)[:300], "file": str(path)})
+                    print(f"FINDING in {name}: {err!r} (written to {path})", flush=True)
+            rounds += 1
+            if time.monotonic() - last_report >= args.report:
+                last_report = time.monotonic()
+                keys = ("seconds", "cases", "findings", "peak_rss_mib")
+                print(json.dumps({k: summary()[k] for k in keys}), flush=True)
+    except KeyboardInterrupt:
+        print("stopped early (SIGINT or SIGTERM)", flush=True)
     result = summary()
     print(json.dumps(result, indent=1))
     if args.json:

@@ -13,7 +13,6 @@ import stat
 import struct
 import subprocess
 import sys
-import threading
 import time
 import warnings
 import zlib
@@ -21,6 +20,7 @@ from importlib.resources import files
 
 import pytest
 import torch
+from helpers import drain_fifo, feed_fifo
 from PIL import Image
 
 from hpcm_models import HPCM_MICRO
@@ -36,12 +36,7 @@ CONFIG_JSON = json.dumps({"config": MICRO["config"]})
 RANDOM = ["--random-weights", "--model-kwargs", CONFIG_JSON]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +138,7 @@ def test_1_force_writes_through_links_and_into_fifos(capsys, work, tmp_path) -> 
     assert (tmp_path / "real.hpcm").read_bytes() == expected
     assert hpcm(capsys, *compress(work, "/dev/null", "-f"))[0] == 0
     os.mkfifo(tmp_path / "fifo")
-    received = []
-
-    def reader() -> None:
-        with open(tmp_path / "fifo", "rb") as f:
-            received.append(f.read())
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
+    thread, received = drain_fifo(tmp_path / "fifo")
     assert hpcm(capsys, *compress(work, tmp_path / "fifo", "--force"))[0] == 0
     thread.join(timeout=30)
     assert received == [expected]
@@ -219,7 +207,7 @@ def test_3_reads_are_bounded_whatever_the_reported_size(capsys, work, tmp_path) 
     # A valid file from a pipe that does not end: read up to what its header announces.
     os.mkfifo(tmp_path / "fifo")
     valid = (work / "ok.hpcm").read_bytes()
-    thread = _feed(tmp_path / "fifo", valid, b"\0" * 65536)
+    thread = feed_fifo(tmp_path / "fifo", valid, b"\0" * 65536)
     refused(
         capsys,
         "unexpected bytes after the streams",
@@ -236,7 +224,7 @@ def test_3_reads_are_bounded_whatever_the_reported_size(capsys, work, tmp_path) 
         *decompress(work, tmp_path / "o.png", source=tmp_path / "long.hpcm"),
     )
     # An image from a pipe of endless zeros: cut at 16 bytes per allowed pixel + 16 MiB.
-    thread = _feed(tmp_path / "fifo", b"", b"\0" * 65536)
+    thread = feed_fifo(tmp_path / "fifo", b"", b"\0" * 65536)
     refused(
         capsys,
         "more than any image within the limit of 1000 pixels",
@@ -251,24 +239,6 @@ def test_3_reads_are_bounded_whatever_the_reported_size(capsys, work, tmp_path) 
     )
     thread.join(timeout=30)
     assert listing(tmp_path) == {"fifo", "long.hpcm"}
-
-
-def _feed(path, first: bytes, then: bytes) -> threading.Thread:
-    """Write ``first`` into the FIFO ``path``, then ``then`` over and over, until the reader
-    closes it."""
-
-    def run() -> None:
-        try:
-            with open(path, "wb") as f:
-                f.write(first)
-                while True:
-                    f.write(then)
-        except BrokenPipeError:
-            pass
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 # ---------------------------------------------------------------- 4. memory bounded by the limits
@@ -557,6 +527,7 @@ def test_7_sixteen_bit_images_are_refused_not_cut(capsys, work, tmp_path) -> Non
     _png16(tmp_path / "rgba16.png", 6, 4)
     _png16(tmp_path / "la16.png", 4, 2)
     Image.new("I;16", (9, 7), 40000).save(tmp_path / "gray16.png")
+    (tmp_path / "rgb16.ppm").write_bytes(b"P6\n3 2\n65535\n" + bytes(range(36)))
     with Image.open(tmp_path / "rgb16.png") as image:
         assert image.mode == "RGB"  # what Pillow makes of it: the high bytes only
     for name, raw in (
@@ -564,19 +535,20 @@ def test_7_sixteen_bit_images_are_refused_not_cut(capsys, work, tmp_path) -> Non
         ("rgba16", "RGBA;16B"),
         ("la16", "LA;16B"),
         ("gray16", "I;16B"),
+        ("rgb16.ppm", "RGB, maxval 65535"),
     ):
         refused(
             capsys,
             f"has more than 8 bits per sample ({raw})",
             "compress",
-            tmp_path / f"{name}.png",
+            tmp_path / (name if "." in name else f"{name}.png"),
             tmp_path / "o.hpcm",
             *RANDOM,
             "--model",
             "hpcm-base",
         )
         with pytest.raises(ImageError, match="more than 8 bits"):
-            read_image(tmp_path / f"{name}.png")
+            read_image(tmp_path / (name if "." in name else f"{name}.png"))
     assert "o.hpcm" not in listing(tmp_path)
 
 

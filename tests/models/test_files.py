@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 import time
 
 import pytest
+from helpers import drain_fifo, feed_fifo
 
 from hpcm_models.errors import FileAccessError, LimitExceededError
 from hpcm_models.files import (
@@ -21,24 +21,6 @@ from hpcm_models.files import (
 )
 
 
-def _feed(path, data: bytes, repeat: bool = False) -> threading.Thread:
-    """Write ``data`` into the FIFO ``path`` from a thread (endlessly with ``repeat``, until the
-    reader closes it)."""
-
-    def run() -> None:
-        try:
-            with open(path, "wb") as f:
-                f.write(data)
-                while repeat:
-                    f.write(data)
-        except BrokenPipeError:
-            pass
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_read_file_counts_the_bytes_it_reads(tmp_path) -> None:
     (tmp_path / "small").write_bytes(b"x" * 10)
     assert read_file(tmp_path / "small", 10) == b"x" * 10
@@ -48,11 +30,11 @@ def test_read_file_counts_the_bytes_it_reads(tmp_path) -> None:
     with pytest.raises(LimitExceededError, match="more than 4096 bytes"):
         read_file("/dev/zero", 4096)
     os.mkfifo(tmp_path / "fifo")
-    thread = _feed(tmp_path / "fifo", b"\0" * 65536, repeat=True)
+    thread = feed_fifo(tmp_path / "fifo", b"", b"\0" * 65536)
     with pytest.raises(LimitExceededError, match="more than 100000 bytes"):
         read_file(tmp_path / "fifo", 100_000)
     thread.join(timeout=10)
-    thread = _feed(tmp_path / "fifo", b"abc")
+    thread = feed_fifo(tmp_path / "fifo", b"abc")
     assert read_file(tmp_path / "fifo", 3) == b"abc"
     thread.join(timeout=10)
     with pytest.raises(FileAccessError, match="it is a directory"):
@@ -118,14 +100,7 @@ def test_write_through_a_symlink_replaces_the_file_it_names(tmp_path) -> None:
 
 def test_write_through_into_a_fifo_and_a_device(tmp_path) -> None:
     os.mkfifo(tmp_path / "fifo")
-    received = []
-
-    def reader() -> None:
-        with open(tmp_path / "fifo", "rb") as f:
-            received.append(f.read())
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
+    thread, received = drain_fifo(tmp_path / "fifo")
     write_atomic(tmp_path / "fifo", lambda f: f.write(b"streamed"), write_through=True)
     thread.join(timeout=10)
     assert received == [b"streamed"]

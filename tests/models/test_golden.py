@@ -4,12 +4,11 @@ sources encode to exactly the same bytes, through every change (``golden/README.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import golden_tool
 from PIL import Image
 
 from hpcm_models import BUILTIN_MODELS, ImageCodec
@@ -20,16 +19,7 @@ MANIFEST = json.loads((GOLDEN / "golden.json").read_text())
 ENTRIES = MANIFEST["files"]
 
 
-def _load_tool():
-    """``tools/make_golden.py``, the one definition of the golden models."""
-    spec = importlib.util.spec_from_file_location("make_golden", TOOL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = golden_tool()
 
 
 def sha256(data: bytes) -> str:
