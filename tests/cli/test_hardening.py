@@ -469,6 +469,7 @@ def _stalled_compress(work, tmp_path) -> tuple[subprocess.Popen, list]:
     return process, temporaries
 
 
+@pytest.mark.slow  # a fresh Python process each (importing torch)
 @pytest.mark.parametrize(
     ("sig", "status", "line"),
     [
@@ -488,6 +489,7 @@ def test_6_signals_clean_up_and_exit_with_one_line(work, tmp_path, sig, status, 
     assert (tmp_path / "out.hpcm").read_bytes() == b"previous"
 
 
+@pytest.mark.slow
 def test_6_sigkill_leftovers_are_removed_by_the_next_write(capsys, work, tmp_path) -> None:
     process, temporaries = _stalled_compress(work, tmp_path)
     process.kill()

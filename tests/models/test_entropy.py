@@ -130,6 +130,7 @@ def _run_with(capability: str, state_path) -> list[str]:
     return result.stdout.splitlines()
 
 
+@pytest.mark.slow  # fresh Python processes (importing torch) with other ATen kernels
 def test_default_scale_table_and_config_hash_are_the_same_on_every_cpu(tmp_path) -> None:
     """The default table is a constant, so ATen's scalar kernels (ATEN_CPU_CAPABILITY=default),
     whose float32 exp(linspace(...)) rounds differently, give the same table, rANS tables and
