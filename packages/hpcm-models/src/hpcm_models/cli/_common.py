@@ -83,8 +83,8 @@ def add_file_options(p: argparse.ArgumentParser) -> None:
         default=default,
         metavar="N",
         help=f"largest image to code, in pixels once padded to multiples of 128 (default "
-        f"{default} = 2**{default.bit_length() - 1}, e.g. 4096x2048; coding takes about 1 KB of "
-        "memory per pixel, see docs/format.md)",
+        f"{default} = 2**{default.bit_length() - 1}, e.g. 4096x2048; coding takes about 600 "
+        "bytes of memory per pixel beyond the process and the weights, see docs/format.md)",
     )
 
 
