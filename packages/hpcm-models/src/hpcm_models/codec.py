@@ -274,8 +274,10 @@ class ImageCodec:
         check_image_size(image.width, image.height, self.limits)
         rgb, mode, alpha = image_planes(image)
         height, width = rgb.shape[:2]
-        x = torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))[None]
-        x = x.to(self.device, torch.float32)
+        # The 8-bit pixels go to the device as they are (a quarter of float32's bytes; PyTorch
+        # would convert them on the host before copying) and are laid out and converted there.
+        x = torch.from_numpy(np.array(rgb, order="C")).to(self.device)
+        x = x.permute(2, 0, 1)[None].to(torch.float32)
         # Contiguous NCHW (padding a 1x1 image gives channels-last strides): a channels-last
         # input would propagate through every layer, and the schedule's views need NCHW.
         x = pad_to_multiple(x.div_(255), self.model.INPUT_MULTIPLE).contiguous()
