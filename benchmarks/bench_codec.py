@@ -16,7 +16,8 @@ Rows per model, all measured in the same run on the same image (``--coders``: bo
 * ``codec encode/decode, <coder>``: the same in memory (Pillow image ⇄ bytes). CUDA only by
   default (``--codec-rows`` on CPU, where it adds little to the file rows but time).
 * The stages alone: ``image read (PNG)``, ``image write (PNG)`` (of the decoded image: with the
-  weight recipe, noise, which is slow to deflate; ``the source photo`` for a photo's cost);
+  weight recipe, noise, which is slow to deflate; ``the source photo`` for a photo's cost, and
+  with zlib level 1 instead of Pillow's default 6, for what a faster setting would save);
   ``network, encode`` (g_a, h_a,
   h_s and the 11 coding steps, no entropy coding) and ``network, decode`` (h_s, the 11 steps fed
   zeros, g_s): replayed from the codec's CUDA graphs on a GPU, eager on the CPU;
@@ -126,21 +127,23 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int) -> dict[str, Any]:
-    """Median/min wall time (ms) of ``fn()``, and the peak CUDA memory of one call."""
+    """Median/min wall time (ms) of ``fn()``, the process's CPU time (all threads), and the peak
+    CUDA memory of one call."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - start_cpu) * 1e3)
     row: dict[str, Any] = {"median_ms": statistics.median(times), "min_ms": min(times)}
-    row["times_ms"] = times
+    row.update(times_ms=times, cpu_median_ms=statistics.median(cpu), cpu_times_ms=cpu)
     if device.type == "cuda":
         row["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return row
@@ -150,20 +153,29 @@ def timed_together(
     jobs: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeat: int
 ) -> dict[str, dict[str, Any]]:
     """:func:`timed` of several jobs taking turns (one run of each per round), so that on a
-    shared, noisy host every job sees the same conditions."""
+    shared, noisy host every job sees the same conditions; also the process's CPU time of each
+    run (all its threads: the work done, whatever else the host runs)."""
     times: dict[str, list[float]] = {name: [] for name in jobs}
+    cpu: dict[str, list[float]] = {name: [] for name in jobs}
     for round_ in range(warmup + repeat):
         for name, job in jobs.items():
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             job()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - start) * 1e3)
+                cpu[name].append((time.process_time() - start_cpu) * 1e3)
     return {
-        name: {"median_ms": statistics.median(t), "min_ms": min(t), "times_ms": t}
+        name: {
+            "median_ms": statistics.median(t),
+            "min_ms": min(t),
+            "times_ms": t,
+            "cpu_median_ms": statistics.median(cpu[name]),
+            "cpu_times_ms": cpu[name],
+        }
         for name, t in times.items()
     }
 
@@ -474,6 +486,9 @@ def stage_rows(
         "image write (PNG), the source photo": timed(
             lambda: write_image(folder / "write.png", image, "PNG"), cpu, warmup, repeat
         ),
+        "image write (PNG, zlib level 1), the source photo": timed(
+            lambda: image.save(folder / "fast.png", compress_level=1), cpu, warmup, repeat
+        ),
         "latent hash (BLAKE2b)": timed(hash_symbols, cpu, warmup, repeat),
         "container write": timed(write, cpu, warmup, repeat),
         "container read + checks": timed(read_and_check, cpu, warmup, repeat),
@@ -591,12 +606,12 @@ FILE_STAGES = {
 
 
 def print_stages(result: dict[str, Any], device: torch.device) -> None:
-    """The stage table, then the file rows with the sum of their stages (what overlap saved)."""
+    """The stage table; a file row also shows the sum of its stages (what overlap saved)."""
     rows = result["rows"]
     print(f"file: {result['bytes']} bytes, {result['bpp']:.4f} bpp, PSNR {result['psnr_db']:.2f} "
           f"dB; median of {result['repeat']} after {result['warmup']} warm-up\n")  # fmt: skip
-    print(f"| {'row':<30} | {'median ms':>9} | {'min ms':>8} | {'sum of stages':>13} |")
-    print(f"|{'-' * 32}|{'-' * 11}|{'-' * 10}|{'-' * 15}|")
+    print(_line("row", "median ms", "min ms", "process CPU ms", "sum of stages"))
+    print(_line("-" * 50, *["-" * 14] * 4).replace(" ", "-"))
     for name, row in rows.items():
         stages = ""
         if name.startswith("file "):
@@ -604,7 +619,12 @@ def print_stages(result: dict[str, Any], device: torch.device) -> None:
             parts = [rows.get(s, rows.get(f"{s}, {coder}")) for s in FILE_STAGES[what]]
             if all(p is not None for p in parts):
                 stages = f"{sum(p['median_ms'] for p in parts):.1f}"
-        print(f"| {name:<30} | {row['median_ms']:>9.1f} | {row['min_ms']:>8.1f} | {stages:>13} |")
+        cpu = f"{row['cpu_median_ms']:.1f}" if "cpu_median_ms" in row else ""
+        print(_line(name, f"{row['median_ms']:.1f}", f"{row['min_ms']:.1f}", cpu, stages))
+
+
+def _line(name: str, *cells: str) -> str:
+    return f"| {name:<50} | " + " | ".join(f"{cell:>14}" for cell in cells) + " |"
 
 
 def main(argv: list[str] | None = None) -> int:
