@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import math
 import os
@@ -91,10 +92,16 @@ def bench_image(width: int, height: int) -> Image.Image:
         return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
 
 
+def _version(module: str) -> str | None:
+    """``module.__version__``, or None where it is not installed (numba on a bare machine)."""
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     import compressai
-    import llvmlite
-    import numba
 
     import biwkv4_kernel
     import rwkv_blocks
@@ -109,8 +116,8 @@ def machine(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "compressai": compressai.__version__,
-        "numba": numba.__version__,
-        "llvmlite": llvmlite.__version__,
+        "numba": _version("numba"),
+        "llvmlite": _version("llvmlite"),
         "numpy": np.__version__,
         "pillow": Image.__version__,
         "hpcm_models": hpcm_models.__version__,
@@ -588,7 +595,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         mse = float(np.mean((decoded - np.asarray(image).astype(np.float64)) ** 2))
         result.update(bytes=len(data), bpp=8 * len(data) / (width * height))
         result["psnr_db"] = 10 * math.log10(255**2 / mse) if mse else math.inf
-        print_stages(result, device)
+        print_stages(result)
     result["coder_rows"] = coder_rows
     result["checks"].update(coder_checks)
     print_coder(coder_rows, coder_checks["coder: symbols"], PATHS["compressai"])
@@ -605,7 +612,7 @@ FILE_STAGES = {
 }  # fmt: skip
 
 
-def print_stages(result: dict[str, Any], device: torch.device) -> None:
+def print_stages(result: dict[str, Any]) -> None:
     """The stage table; a file row also shows the sum of its stages (what overlap saved)."""
     rows = result["rows"]
     print(f"file: {result['bytes']} bytes, {result['bpp']:.4f} bpp, PSNR {result['psnr_db']:.2f} "
