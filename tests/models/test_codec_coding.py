@@ -15,7 +15,15 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models.test_codec import MICRO_KWARGS, TINY, forge, lively, micro_model, photo
+from models.test_codec import (  # _one_thread: its autouse fixture, one torch thread
+    MICRO_KWARGS,
+    TINY,
+    _one_thread,  # noqa: F401
+    forge,
+    lively,
+    micro_model,
+    photo,
+)
 
 import hpcm_models.codec as codec_module
 from hpcm_models import ans, get_model, rans
@@ -29,14 +37,6 @@ from hpcm_models.errors import (
 )
 from hpcm_models.hashes import LatentHasher, latent_hasher
 from hpcm_models.recipe import fill_recipe_weights
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def codecs(model) -> tuple[ImageCodec, ImageCodec]:
