@@ -235,7 +235,9 @@ class SymbolWriter:
         if b > self._symbols.size:
             raise RuntimeError("more symbols added than the writer was made for")
         chunk = self._symbols[a:b]
-        chunk[:], self._coded[a:b], self._rows[a:b] = symbols, coded, rows
+        chunk[:] = symbols
+        self._coded[a:b] = coded
+        self._rows[a:b] = rows
         self.hasher.update(chunk)  # never written again
         outside = np.flatnonzero(chunk != self._coded[a:b])
         if outside.size:
