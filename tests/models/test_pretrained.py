@@ -325,10 +325,10 @@ def test_damaged_files_are_refused(copy: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(WeightsIntegrityError, match="SHA-256 of .* the table says"):
+    with pytest.raises(WeightsIntegrityError, match=r"SHA-256 of .* the table says"):
         hpcm_models.get_model("hpcm-small", quality=1, pretrained=True)
     path.write_bytes(bytes(data[:-1]))
-    with pytest.raises(WeightsIntegrityError, match="has .* bytes, the table says"):
+    with pytest.raises(WeightsIntegrityError, match=r"has .* bytes, the table says"):
         pretrained.load_pretrained("hpcm-small", 1)
     path.unlink()
     with pytest.raises(WeightsIntegrityError, match="weights file of hpcm-small q1 is missing"):
@@ -344,7 +344,7 @@ def test_table_that_does_not_fit_its_file_is_refused(copy: Path) -> None:
     q1, q2 = index["weights"][0], index["weights"][1]
     q1["weights_hash"] = q2["weights_hash"]
     (copy / "index.json").write_text(json.dumps(index))
-    with pytest.raises(WeightsIntegrityError, match="builds weights .* the table says"):
+    with pytest.raises(WeightsIntegrityError, match=r"builds weights .* the table says"):
         pretrained.load_pretrained("hpcm-small", 1)
 
 
