@@ -28,7 +28,8 @@ other part is real (the models, rANS coding, the .hpcm container, decoding, bit-
 model uses DIR/<model>.pt, DIR/<model>.pth.tar, DIR/<model>/best.pt or DIR/<model>/latest.pt
 when one exists. A model with neither a checkpoint nor shipped weights gets random weights.
 
-The default demo takes seconds; the full random-weights demo one to a few minutes on a laptop.
+The default demo takes about half a minute on a 2-core CPU; the full random-weights demo one to
+a few minutes.
 """
 
 
@@ -128,7 +129,8 @@ def _introduce(args: argparse.Namespace, paths: list[Path], device: Any, pretrai
     random_models = list(dict.fromkeys(r.model for r in runs if r.weights == "random"))
     size = "M=32, N=16 (--quick)" if args.quick else "M=320, N=256"
     print(
-        f"hpcm demo: {len(args.models)} models ({len(runs)} sets of weights) on {len(paths)} "
+        f"hpcm demo: {len(args.models)} model{'s' * (len(args.models) != 1)} ({len(runs)} sets "
+        f"of weights) on {len(paths)} "
         f"{'bundled photos' if not args.images else 'images'} ({', '.join(described)}); "
         f"device {device}, torch {torch.__version__}, hpcm-models {hpcm_models.__version__}"
     )
