@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ship_weights: error: {err}", file=sys.stderr)
         return 1
     total = sum(e.bytes for e in read_index(args.into))
-    print(f"{args.into}: {len(table)} files, {total / 2**20:.2f} MiB in all")
+    print(f"{args.into}: {len(table)} file(s), {total / 2**20:.2f} MiB in all")
     if args.into.resolve() == PACKAGE_WEIGHTS.resolve() and total > MAX_SHIPPED_BYTES:
         print(
             f"ship_weights: error: the package's weights take {total} bytes, more than "

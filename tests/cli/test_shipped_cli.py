@@ -27,14 +27,6 @@ from hpcm_models.demo import bundled_image
 DATA = Path(str(files("hpcm_models") / "data"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_weights_dir(tmp_path_factory.mktemp("shipped_cli"))

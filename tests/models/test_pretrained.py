@@ -191,9 +191,18 @@ def test_make_weights_file_from_an_fp16_export(tmp_path: Path) -> None:
     assert a.weights_hash == b.weights_hash
     assert (a.lmbda, b.lmbda) == (0.0067, 0.0067)
     assert b.trained["step"] == 100
-    # Making a file from a weights file gives the same weights again.
-    c = pretrained.make_weights_file(tmp_path / "b.pt", tmp_path / "c.pt", quality=2)
+    # Making a file from a weights file gives the same weights again, and keeps its tables
+    # (edited here, to tell them from rebuilt ones).
+    obj = read_checkpoint(tmp_path / "b.pt")
+    obj[TABLES_KEY]["quantized_cdf_y"][1] -= 1
+    torch.save(obj, tmp_path / "b.pt")
+    c = pretrained.make_weights_file(tmp_path / "b.pt", tmp_path / "c.pt", quality=3, lmbda=0.01)
     assert c.weights_hash == b.weights_hash
+    again = read_checkpoint(tmp_path / "c.pt")
+    for name, table in obj[TABLES_KEY].items():
+        assert torch.equal(again[TABLES_KEY][name], table), name
+    assert again["meta"]["coding_tables"] == obj["meta"]["coding_tables"]
+    assert (again["meta"]["quality"], again["meta"]["lmbda"]) == (3, 0.01)
 
 
 def test_make_weights_file_errors(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def test_ships_checkpoints_into_a_folder(
         ("hpcm-small-q1.pt", 1, LMBDAS[1]),
         ("hpcm-small-q3.pt", 3, LMBDAS[3]),
     ]
-    assert lines[2].startswith(f"{into}: 2 files, ")
+    assert lines[2].startswith(f"{into}: 2 file(s), ")
     assert [e.to_json() for e in pretrained.read_index(into)] == rows
     # What it wrote is what get_model loads.
     monkeypatch.setenv(pretrained.WEIGHTS_ENV, str(into))

@@ -324,11 +324,8 @@ def weights_path(entry: ShippedWeights) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ---------------------------------------------------------------------------- loading
@@ -362,10 +359,10 @@ def load_pretrained(
         net = load_checkpoint(path, entry.model, device=device, tables="file")
     except CheckpointError as err:
         raise WeightsIntegrityError(f"shipped weights {entry.label}: {err}") from None
-    if weights_hash(net).hex() != entry.weights_hash:
+    built = weights_hash(net).hex()
+    if built != entry.weights_hash:
         raise WeightsIntegrityError(
-            f"{str(path)!r} builds weights {weights_hash(net).hex()}, the table says "
-            f"{entry.weights_hash}"
+            f"{str(path)!r} builds weights {built}, the table says {entry.weights_hash}"
         )
     _check_kwargs(net, entry, kwargs)
     return net
@@ -441,6 +438,11 @@ def make_weights_file(
         "model_name": saved_name or model_name,
         "model_kwargs": to_json(dict(kwargs or {})),
     }
+    # A source that carries tables (a weights file made again) keeps them: files coded with it
+    # must stay decodable.
+    carried = isinstance(obj, Mapping) and TABLES_KEY in obj
+    if carried:
+        payload[TABLES_KEY] = obj[TABLES_KEY]
     model = _load_fp16(payload, source_str, model_name, model_kwargs)
     payload[TABLES_KEY] = model.entropy_estimation.packed_tables()
     payload["weights_hash"] = weights_hash(model).hex()
@@ -448,10 +450,14 @@ def make_weights_file(
         **meta,
         "quality": quality,
         "lmbda": lmbda,
-        "coding_tables": _build_info(),
+        "coding_tables": meta.get("coding_tables") if carried else _build_info(),
     }
     save_checkpoint(payload, target)
-    _check_written(target, model, payload["weights_hash"])
+    try:
+        _check_written(target, model, payload["weights_hash"])
+    except CheckpointError:
+        target.unlink()
+        raise
     return ShippedWeights(
         model=str(payload["model_name"]),
         quality=quality,
@@ -470,13 +476,14 @@ def _load_fp16(
     model_name: str | None,
     model_kwargs: Mapping[str, Any] | None,
 ) -> HPCM:
-    """The model that loading ``payload`` gives (tables rebuilt): the tables are built from
-    exactly the weights users will load. Errors name ``source``."""
+    """The model that loading ``payload`` gives, with its tables if it carries them, else tables
+    built from exactly the weights users will load. Errors name ``source``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.pt"
         save_checkpoint(payload, path)
+        tables = "file" if TABLES_KEY in payload else "rebuild"
         try:
-            return load_checkpoint(path, model_name, model_kwargs=model_kwargs, tables="rebuild")
+            return load_checkpoint(path, model_name, model_kwargs=model_kwargs, tables=tables)
         except CheckpointError as err:
             raise CheckpointError(str(err).replace(str(path), source)) from None
 
@@ -487,7 +494,8 @@ def _source_meta(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         return {}
     meta = dict(obj["meta"]) if isinstance(obj.get("meta"), Mapping) else {}
-    meta.pop("coding_tables", None)  # a re-made file gets its own
+    for key in ("quality", "lmbda"):  # the new file's own
+        meta.pop(key, None)
     if obj.get("format") == CHECKPOINT_FORMAT:
         meta.setdefault("step", obj.get("step"))
         meta.setdefault("train_args", obj.get("args"))
