@@ -171,7 +171,10 @@ def build(session: nox.Session) -> None:
         "print('biwkv4-kernel', b.__version__, b.biwkv4(k[0, 0], k[0, 1], k, k).shape)",
         "rwkv-blocks": "import torch, rwkv_blocks as r; "
         "print('rwkv-blocks', r.__version__, r.BiRWKVBlock(8)(torch.randn(1, 8, 3, 5)).shape)",
-        "hpcm-models": "import hpcm_models.cli as c; c.main(['--version'])",
+        # Every shipped weights file in the wheel with its SHA-256, then --version (which exits).
+        "hpcm-models": "import hpcm_models.cli as c, hpcm_models.pretrained as p; "
+        "print('shipped weights:', [p.weights_path(e).name for e in p.shipped_weights()]); "
+        "c.main(['--version'])",
     }
     links = [arg for p in PACKAGES for arg in ("--find-links", str(dist / p))]
     for package in PACKAGES:

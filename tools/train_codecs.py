@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "plan": args.plan.name,
             "data_manifest_sha256": _sha256(args.data / "manifest.json"),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a TorchVersion would need an allowlist to load
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "date": _dt.date.today().isoformat(),
         }
