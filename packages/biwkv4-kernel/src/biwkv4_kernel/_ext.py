@@ -348,6 +348,10 @@ def _cpp_extension() -> ModuleType:
     log.setLevel(logging.ERROR)
     try:
         from torch.utils import cpp_extension
+    except ImportError as exc:  # it imports setuptools, which not every environment has
+        raise BuildError(
+            f"torch.utils.cpp_extension cannot be imported ({exc}): `pip install setuptools`"
+        ) from exc
     finally:
         log.setLevel(level)
     return cpp_extension

@@ -72,7 +72,15 @@ def _check_op_args(w: Tensor, u: Tensor, k: Tensor, v: Tensor) -> None:
         )
 
 
-@torch.library.custom_op("biwkv4_kernel::forward", mutates_args=())
+# Explicit schemas: torch 2.4 cannot infer one from postponed (string) annotations.
+_FORWARD_SCHEMA = "(Tensor w, Tensor u, Tensor k, Tensor v, bool need_stats) -> (Tensor, Tensor)"
+_BACKWARD_SCHEMA = (
+    "(Tensor w, Tensor u, Tensor k, Tensor v, Tensor y, Tensor lse, Tensor gy) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("biwkv4_kernel::forward", mutates_args=(), schema=_FORWARD_SCHEMA)
 def _forward_op(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, need_stats: bool
 ) -> tuple[Tensor, Tensor]:
@@ -103,7 +111,7 @@ def _forward_fake(
     return y, lse
 
 
-@torch.library.custom_op("biwkv4_kernel::backward", mutates_args=())
+@torch.library.custom_op("biwkv4_kernel::backward", mutates_args=(), schema=_BACKWARD_SCHEMA)
 def _backward_op(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, y: Tensor, lse: Tensor, gy: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
