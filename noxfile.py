@@ -70,7 +70,14 @@ def tests(session: nox.Session, torch: str, torchvision: str | None) -> None:
         # tests/kernel/test_build.py reports its compile check as skipped; `nox -s cuda_build`
         # compiles the sources against this torch with a CUDA 12 toolchain instead.
         session.env["BIWKV4_REQUIRE_NVCC"] = "0"
-        session.install(f"torch=={torch}", *_editable_packages(LOWER_LAYERS), *_dev_requirements())
+        # numpy < 2, as in torch 2.4's day: triton 3.0's interpreter converts 1-element arrays
+        # to ints, which numpy 2 refuses.
+        session.install(
+            f"torch=={torch}",
+            "numpy<2",
+            *_editable_packages(LOWER_LAYERS),
+            *_dev_requirements(),
+        )
         paths = ["tests/kernel", "tests/blocks"]
     else:
         session.install(
@@ -230,7 +237,7 @@ def _path_without_nvcc() -> str:
 @nox.session(default=False)
 @nox.parametrize(("torch", "toolchain"), CUDA_MATRIX)
 def cuda_build(session: nox.Session, torch: str, toolchain: str) -> None:
-    """Compile the CUDA op for sm_80/sm_90 against one torch build and CUDA toolchain (no GPU)."""
+    """Compile the CUDA op and the Triton kernels for sm_80/sm_90 against one torch (no GPU)."""
     session.env.update(ENV)
     # nox passes its own environment through; a toolkit named there would defeat the point.
     for var in ("CUDA_HOME", "CUDA_PATH", "BIWKV4_CUDA_HOME", "TORCH_CUDA_ARCH_LIST"):
@@ -277,3 +284,5 @@ def cuda_build(session: nox.Session, torch: str, toolchain: str) -> None:
     else:
         session.install(*toolchain.split())
         session.run("python", *check, "--expect-found-by", "pip package")
+    # The Triton kernels, with the triton this torch brings, for the same architectures.
+    session.run("python", str(ROOT / "tools" / "check_triton_build.py"))
