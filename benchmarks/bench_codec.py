@@ -21,12 +21,20 @@ Rows, all measured in the same run on the same image:
 * ``forward``: one eval forward pass without entropy coding (all of g_a, h_a, h_s, the 11-step
   context model and g_s).
 
+Then the entropy coder alone (one host thread), on the symbols and table rows of this image (z,
+then y's 11 coding steps, as the codec codes them): the old path, CompressAI's rANS behind Python
+lists as ``codec.py`` uses it, against ``hpcm_models.ans`` (NumPy arrays, numba), encode and
+decode, in symbols/s; the two must write identical streams. ``2 threads`` runs two decodes (or
+encodes) at once: about 2x one job's throughput where the coder releases the GIL, and a slowdown
+where it holds it. ``--coder-only`` skips the codec rows.
+
 Times are medians over ``--repeat`` runs after ``--warmup`` runs; CUDA runs are synchronized.
 Target (issues 7, 9) on an H200: <= 40 ms each for encode and decode; the HPCM paper reports
 81.8 / 81.3 ms.
 
     python benchmarks/bench_codec.py                          # CUDA if there is a GPU
     python benchmarks/bench_codec.py --device cpu --repeat 2 --json bench_codec.json
+    python benchmarks/bench_codec.py --device cpu --coder-only     # the entropy coder alone
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from importlib.resources import files
@@ -50,8 +59,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import hpcm_models
-from hpcm_models import get_model
-from hpcm_models.codec import ImageCodec, deterministic_coding, load_checkpoint
+from hpcm_models import ans, get_model
+from hpcm_models.ans_reference import CompressAIDecoder, compressai_encode
+from hpcm_models.checkpoints import load_checkpoint
+from hpcm_models.codec import ImageCodec
+from hpcm_models.devices import deterministic_coding
 from hpcm_models.recipe import fill_recipe_weights
 
 TARGET_MS = 40.0
@@ -65,6 +77,8 @@ def bench_image(width: int, height: int) -> Image.Image:
 
 def machine(device: torch.device) -> dict[str, Any]:
     import compressai
+    import llvmlite
+    import numba
 
     import biwkv4_kernel
     import rwkv_blocks
@@ -78,6 +92,9 @@ def machine(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "compressai": compressai.__version__,
+        "numba": numba.__version__,
+        "llvmlite": llvmlite.__version__,
+        "numpy": np.__version__,
         "hpcm_models": hpcm_models.__version__,
         "rwkv_blocks": rwkv_blocks.__version__,
         "biwkv4_kernel": biwkv4_kernel.__version__,
@@ -140,6 +157,183 @@ def network_only(
     return rows
 
 
+def coded_steps(codec: ImageCodec, x: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(symbols as coded, table rows) of z and of each coding step of y, int32, in coding order:
+    what the codec hands its entropy coder for this image (one eager encoder pass)."""
+    steps: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def split(outputs: tuple[torch.Tensor, ...], like: None) -> None:
+        _, coded, rows, _ = (t.cpu().numpy() for t in outputs)
+        steps.append((coded, rows))
+
+    with codec._coding():
+        codec._encoder_tensors(x, split)
+    return steps
+
+
+Streams = list[bytes]
+#: An entropy-coding path: (encode every latent -> streams, decode the streams -> symbols).
+CoderPath = tuple[Callable[[], Streams], Callable[[Streams], list[np.ndarray]]]
+Latents = dict[str, list[tuple[np.ndarray, np.ndarray]]]
+
+
+def coder_tables(model: torch.nn.Module) -> dict[str, ans.AnsTables]:
+    """The model's escape-free rANS tables of z and y (what the codec codes with)."""
+    return {
+        latent: ans.AnsTables.from_cdfs(
+            getattr(model, f"quantized_cdf_{latent}").cpu(),
+            getattr(model, f"cdf_length_{latent}").cpu(),
+            getattr(model, f"offset_{latent}").cpu(),
+            name=latent,
+        )
+        for latent in ("z", "y")
+    }
+
+
+def coder_paths(latents: Latents, tables: dict[str, ans.AnsTables]) -> dict[str, CoderPath]:
+    """The old path (CompressAI behind lists, as ``codec.py`` codes) and the new one
+    (``hpcm_models.ans``): one stream per latent, encoded at once, decoded step by step."""
+
+    def encoder(encode: Callable[..., bytes]) -> Callable[[], Streams]:
+        def run() -> Streams:
+            return [
+                encode(np.concatenate([s for s, _ in chunk]),
+                       np.concatenate([r for _, r in chunk]), tables[latent])
+                for latent, chunk in latents.items()
+            ]  # fmt: skip
+
+        return run
+
+    def old_decode(streams: Streams) -> list[np.ndarray]:
+        out = []
+        for (latent, chunk), data in zip(latents.items(), streams, strict=True):
+            decoder = CompressAIDecoder(data, sum(r.size for _, r in chunk), tables[latent])
+            out += [decoder.decode(rows) for _, rows in chunk]
+        return out
+
+    def new_decode(streams: Streams) -> list[np.ndarray]:
+        out = []
+        for (latent, chunk), data in zip(latents.items(), streams, strict=True):
+            decoder = ans.AnsDecoder(data, tables[latent])
+            out += [decoder.decode(rows) for _, rows in chunk]
+            decoder.finish()
+        return out
+
+    return {
+        "CompressAI, Python lists": (encoder(compressai_encode), old_decode),
+        "hpcm_models.ans, arrays": (encoder(ans.encode), new_decode),
+    }
+
+
+def cpu_timed(fn: Callable[[], Any], repeat: int) -> dict[str, Any]:
+    """Best/median CPU time (ms) of the calling thread over ``repeat`` calls after one: on a
+    shared host, a single-threaded coder's own time, without the time others took the core."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.thread_time()
+        fn()
+        times.append((time.thread_time() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times}
+
+
+def measure_coders(
+    paths: dict[str, CoderPath], latents: Latents, repeat: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Symbols/s of each path, encode and decode: one thread (CPU time), the speedup of two jobs
+    on two threads over two in a row (wall time), the longest GIL stall it causes. Returns (rows,
+    checks)."""
+    symbols = [s for chunk in latents.values() for s, _ in chunk]
+    count = sum(s.size for s in symbols)
+    rows: dict[str, Any] = {}
+    checks: dict[str, Any] = {"coder: symbols": count}
+    for name, (encode, decode) in paths.items():
+        streams = encode()
+        decoded = decode(streams)
+        checks[f"coder: {name}: round trip"] = all(
+            np.array_equal(a, b) for a, b in zip(decoded, symbols, strict=True)
+        )
+        checks[f"coder: {name}: stream bytes"] = sum(map(len, streams))
+        for what, fn in (("encode", encode), ("decode", lambda d=decode, s=streams: d(s))):
+            one = cpu_timed(fn, repeat)
+            one_wall = timed(fn, torch.device("cpu"), 0, repeat)
+            two_wall = timed(lambda fn=fn: in_threads(fn, 2), torch.device("cpu"), 1, repeat)
+            rows[f"{what}, {name}"] = {
+                "symbols_per_s": count / (one["min_ms"] / 1e3),
+                "median_symbols_per_s": count / (one["median_ms"] / 1e3),
+                "two_threads_speedup": 2 * one_wall["min_ms"] / two_wall["min_ms"],
+                "gil_stall_ms": gil_stall_ms(fn),
+                "one_thread_cpu": one,
+                "one_thread_wall": one_wall,
+                "two_threads_wall": two_wall,
+            }
+    return rows, checks
+
+
+def coder_rates(
+    codec: ImageCodec, x: torch.Tensor, repeat: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`measure_coders` of the old and new path on this image's own symbols."""
+    steps = coded_steps(codec, x)
+    latents = {"z": steps[:1], "y": steps[1:]}
+    start = time.perf_counter()
+    ans.warm_up()
+    load_s = time.perf_counter() - start
+    paths = coder_paths(latents, coder_tables(codec.model))
+    rows, checks = measure_coders(paths, latents, repeat)
+    old, new = (paths[name][0]() for name in paths)
+    checks["coder: new streams identical to CompressAI's"] = old == new
+    checks["coder: numba kernels load/compile s"] = round(load_s, 3)
+    return rows, checks
+
+
+def gil_stall_ms(fn: Callable[[], Any], runs: int = 3, nap: float = 2e-4) -> float:
+    """Longest time another Python thread waited to wake up from ``nap``-second sleeps while
+    ``fn`` ran ``runs`` times in the background: about the longest call's length where ``fn``
+    holds the GIL through a call, scheduling noise (well below a call) where it releases it."""
+    done = threading.Event()
+
+    def background() -> None:
+        for _ in range(runs):
+            fn()
+        done.set()
+
+    worst = 0.0
+    thread = threading.Thread(target=background)
+    thread.start()
+    while not done.is_set():
+        start = time.perf_counter()
+        time.sleep(nap)
+        worst = max(worst, time.perf_counter() - start)
+    thread.join()
+    return worst * 1e3
+
+
+def in_threads(fn: Callable[[], Any], count: int) -> None:
+    threads = [threading.Thread(target=fn) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def print_coder(rows: dict[str, Any], count: int, baseline: str) -> None:
+    print(f"\nentropy coder alone: {count:,} symbols; M symbols/s of one thread (its CPU time), "
+          f"best and median of the repeats; vs {baseline}")  # fmt: skip
+    width = max(len(name) for name in rows)
+    print(f"| {'path':<{width}} | {'best':>6} | {'median':>6} | {'vs old':>7} | {'2 threads':>9} "
+          f"| {'GIL stall':>9} |")  # fmt: skip
+    print(f"|{'-' * (width + 2)}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 11}|{'-' * 11}|")
+    for name, row in rows.items():
+        what = name.split(",")[0]
+        ratio = row["symbols_per_s"] / rows[f"{what}, {baseline}"]["symbols_per_s"]
+        print(
+            f"| {name:<{width}} | {row['symbols_per_s'] / 1e6:>6.1f} | "
+            f"{row['median_symbols_per_s'] / 1e6:>6.1f} | {ratio:>6.1f}x | "
+            f"{row['two_threads_speedup']:>8.2f}x | {row['gil_stall_ms']:>6.1f} ms |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -150,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None, help="default: 10 on CUDA, 3 on CPU")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--coder-only", action="store_true", help="only the entropy coder rows")
+    parser.add_argument("--coder-repeat", type=int, default=20, help="repeats of the coder rows")
     args = parser.parse_args(argv)
 
     if args.device.startswith("cuda"):
@@ -172,17 +368,63 @@ def main(argv: list[str] | None = None) -> int:
         model.update()
         model = model.to(device)
         weights = "deterministic recipe (tests/models/fixtures/README.md), not trained"
-    # The codec as users get it (CUDA graphs once a size repeats, TF32 synthesis) and, as the
-    # baseline of the same run, the codec without graphs and with an IEEE float32 synthesis.
+    # The codec as users get it (CUDA graphs once a size repeats, TF32 synthesis).
     codec = ImageCodec(model, args.model, cuda_graphs=True)
-    eager = ImageCodec(model, args.model, cuda_graphs=False, synthesis="fp32")
-    exact_synthesis = ImageCodec(model, args.model, cuda_graphs=True, synthesis="fp32")
     width, height = args.size
     image = bench_image(width, height)
-
     x = torch.from_numpy(np.array(np.asarray(image).transpose(2, 0, 1), order="C"))[None]
     x = x.to(device, torch.float32) / 255
     x = F.pad(x, (0, -width % 128, 0, -height % 128), mode="replicate").contiguous()
+
+    result: dict[str, Any] = {
+        "benchmark": "bench_codec",
+        "machine": machine(device),
+        "model": args.model,
+        "weights": weights,
+        "image": f"coffee.png upscaled to {width}x{height} (Lanczos)",
+        "warmup": warmup,
+        "repeat": repeat,
+        "target_ms": TARGET_MS,
+        "paper_ms": PAPER_MS,
+        "rows": {},
+        "checks": {},
+    }
+    m = result["machine"]
+    where = m.get("gpu") or f"{m['processor']}, {m['torch_threads']} threads"
+    print(f"bench_codec: {args.model} ({weights}), {result['image']}")
+    print(f"{where}; torch {m['torch']}, compressai {m['compressai']}, numba {m['numba']}, "
+          f"hpcm-models {m['hpcm_models']}")  # fmt: skip
+    if not args.coder_only:
+        result.update(time_codec(codec, image, x, warmup, repeat))
+        print_codec(result)
+    coder_rows, coder_checks = coder_rates(codec, x, args.coder_repeat)
+    result["coder_rows"] = coder_rows
+    result["checks"].update(coder_checks)
+    print_coder(coder_rows, coder_checks["coder: symbols"], "CompressAI, Python lists")
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in result["checks"].items()))
+    if not args.coder_only:
+        print(f"\ntarget: <= {TARGET_MS:.0f} ms each on an H200 (HPCM paper: "
+              f"{PAPER_MS['encode']} / {PAPER_MS['decode']} ms)")  # fmt: skip
+    write_json(args.json, result)
+    return 0
+
+
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    """Write ``result`` to ``path`` (nothing without one) and say so."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {path}")
+
+
+def time_codec(
+    codec: ImageCodec, image: Image.Image, x: torch.Tensor, warmup: int, repeat: int
+) -> dict[str, Any]:
+    """The codec rows (see the module docstring), their checks and the file's size and PSNR."""
+    model, device = codec.model, codec.device
+    # The baseline of the same run: the codec without graphs and with an IEEE float32 synthesis.
+    eager = ImageCodec(model, codec.model_id, cuda_graphs=False, synthesis="fp32")
+    exact_synthesis = ImageCodec(model, codec.model_id, cuda_graphs=True, synthesis="fp32")
     data = codec.encode(image)
     encoded = model.compress(x)
 
@@ -208,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "model.decompress": timed(decompress, device, warmup, repeat),
         "forward": timed(forward, device, warmup, repeat),
     }
-    if cuda:
+    if device.type == "cuda":
         rows.update(network_only(codec, x, device, warmup, repeat))
     decoded = codec.decode_detailed(data)
     eager_decoded = eager.decode_detailed(data)
@@ -225,32 +467,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     rgb = np.asarray(image).astype(np.float64)
     mse = float(np.mean((np.asarray(decoded.image).astype(np.float64) - rgb) ** 2))
-    result = {
-        "benchmark": "bench_codec",
-        "machine": machine(device),
-        "model": args.model,
-        "weights": weights,
-        "image": f"coffee.png upscaled to {width}x{height} (Lanczos)",
+    return {
         "bytes": len(data),
-        "bpp": 8 * len(data) / (width * height),
+        "bpp": 8 * len(data) / (image.width * image.height),
         "model_stream_bytes": sum(len(s[0]) for s in encoded["strings"]),
         "psnr_db": 10 * math.log10(255**2 / mse) if mse else math.inf,
-        "warmup": warmup,
-        "repeat": repeat,
-        "target_ms": TARGET_MS,
-        "paper_ms": PAPER_MS,
         "rows": rows,
         "checks": checks,
     }
 
-    m = result["machine"]
-    where = m.get("gpu") or f"{m['processor']}, {m['torch_threads']} threads"
-    print(f"bench_codec: {args.model} ({weights}), {result['image']}")
-    print(
-        f"{where}; torch {m['torch']}, compressai {m['compressai']}, hpcm-models {m['hpcm_models']}"
-    )
-    print(f"file: {len(data)} bytes, {result['bpp']:.4f} bpp ({result['model_stream_bytes']} bytes "
-          f"of model streams); median of {repeat} after {warmup} warm-up\n")  # fmt: skip
+
+def print_codec(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    print(f"file: {result['bytes']} bytes, {result['bpp']:.4f} bpp ({result['model_stream_bytes']} "
+          f"bytes of model streams); median of {result['repeat']} after {result['warmup']} "
+          "warm-up\n")  # fmt: skip
     baseline = {
         "codec encode": "encode, eager",
         "codec decode": "decode, eager",
@@ -271,14 +502,6 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name:<26} | {row['median_ms']:>9.1f} | {row['min_ms']:>8.1f} | "
             f"{versus:>22} | {f'{target:.2f}x' if target else '':>9} |"
         )
-    print("\n" + "\n".join(f"{k}: {v}" for k, v in checks.items()))
-    print(f"\ntarget: <= {TARGET_MS:.0f} ms each on an H200 (HPCM paper: "
-          f"{PAPER_MS['encode']} / {PAPER_MS['decode']} ms)")  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":

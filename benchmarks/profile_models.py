@@ -35,7 +35,8 @@ from hpcm_models.acceleration import (
     precision,
 )
 from hpcm_models.benchmark import machine_info, parse_size, time_ms
-from hpcm_models.training import RateDistortionLoss, build_model
+from hpcm_models.checkpoints import build_model
+from hpcm_models.losses import RateDistortionLoss
 
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
 

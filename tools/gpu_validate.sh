@@ -3,6 +3,8 @@
 # no network). Carries its Python dependencies as wheels in the git-ignored .whl/ folder:
 #   .whl/site/  compressai 1.2.8 and pytorch-msssim unpacked for Python 3.12
 #   .whl/nox/   nox and its dependencies (for `nox -s gpu`)
+#   .whl/numba312.tar.xz  numba and llvmlite unpacked for Python 3.12, tar.xz (the rANS coder
+#               hpcm_models.ans; 42 MB instead of the wheels' 64, which would not fit a carry)
 # Usage (device tool, carry [".whl"]): bash tools/gpu_validate.sh [OUTDIR]
 # Each step has its own time limit so that a slow step cannot starve the later ones; logs and JSON
 # go to OUTDIR (default $OUT, else gpu-results/).
@@ -11,7 +13,10 @@ out=${1:-${OUT:-gpu-results}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/nox-site .whl/nox/*.whl
-export PYTHONPATH="/tmp/nox-site:$PWD/.whl/site:$PWD/packages/biwkv4-kernel/src:$PWD/packages/rwkv-blocks/src:$PWD/packages/hpcm-models/src"
+if [ -f .whl/numba312.tar.xz ]; then
+    mkdir -p /tmp/numba-site && tar -xJf .whl/numba312.tar.xz -C /tmp/numba-site
+fi
+export PYTHONPATH="/tmp/numba-site:/tmp/nox-site:$PWD/.whl/site:$PWD/packages/biwkv4-kernel/src:$PWD/packages/rwkv-blocks/src:$PWD/packages/hpcm-models/src"
 
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rwkv_blocks import BiRWKVBlock, RWKVContextCell, RWKVFusionNet
+from rwkv_blocks import BiRWKVBlock, RWKVContextCell, RWKVContextCellLite, RWKVFusionNet
 
 DIM = 8
 
@@ -67,8 +67,15 @@ def test_checkpoint_applies_when_only_parameters_need_grad(randomize) -> None:
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
 
 
-def test_context_cell_checkpoint(randomize) -> None:
-    plain, ckpt = _pair(lambda c: RWKVContextCell(DIM, hidden_rate=2, use_checkpoint=c), randomize)
+CELL_BUILDERS = {
+    "RWKVContextCell": lambda c: RWKVContextCell(DIM, hidden_rate=2, use_checkpoint=c),
+    "RWKVContextCellLite": lambda c: RWKVContextCellLite(DIM, use_checkpoint=c, shift=True),
+}
+
+
+@pytest.mark.parametrize("name", list(CELL_BUILDERS))
+def test_context_cell_checkpoint(name, randomize) -> None:
+    plain, ckpt = _pair(CELL_BUILDERS[name], randomize)
     x_t, h_prev = torch.randn(1, DIM, 5, 7), torch.randn(1, DIM, 5, 7)
     assert _saved_tensor_count(lambda: ckpt(x_t, h_prev)) < _saved_tensor_count(
         lambda: plain(x_t, h_prev)

@@ -9,19 +9,26 @@ break under compile is our Python (shape checks, einops, checkpointing, paramete
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from rwkv_blocks import RWKVContextCell, reparameterize_model
+from rwkv_blocks import RWKVContextCell, RWKVContextCellLite, reparameterize_model
+
+CELLS = {
+    "RWKVContextCell": lambda: RWKVContextCell(8, hidden_rate=2, use_checkpoint=True),
+    "RWKVContextCellLite": lambda: RWKVContextCellLite(8, use_checkpoint=True, shift=True),
+}
 
 
-def test_compiled_context_cell_matches_eager(randomize) -> None:
+@pytest.mark.parametrize("name", list(CELLS))
+def test_compiled_context_cell_matches_eager(name, randomize) -> None:
     torch.manual_seed(0)
     torch._dynamo.reset()
-    cell = randomize(RWKVContextCell(8, hidden_rate=2, use_checkpoint=True), scale=0.1)
+    cell = randomize(CELLS[name](), scale=0.1)
     compiled = torch.compile(cell, backend="aot_eager", fullgraph=True)
-    for H, W in [(5, 7), (6, 4)]:
-        x_t = torch.randn(2, 8, H, W, requires_grad=True)
-        h_prev = torch.randn(2, 8, H, W)
+    for B, H, W in [(2, 5, 7), (2, 6, 4), (1, 5, 7)]:
+        x_t = torch.randn(B, 8, H, W, requires_grad=True)
+        h_prev = torch.randn(B, 8, H, W)
         ref = cell(x_t, h_prev)
         (ref_grad,) = torch.autograd.grad(ref.square().sum(), [x_t])
         y = compiled(x_t, h_prev)

@@ -1,4 +1,4 @@
-"""SpatialMix, ChannelMix, BiRWKVBlock, RWKVContextCell, RWKVFusionNet: math, shapes, gradients."""
+"""SpatialMix, ChannelMix, BiRWKVBlock, context cells, RWKVFusionNet: math, shapes, gradients."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rwkv_blocks import (
     ChannelMix,
     OmniShift,
     RWKVContextCell,
+    RWKVContextCellLite,
     RWKVFusionNet,
     SpatialMix,
 )
@@ -76,23 +77,42 @@ def block_reference(m: BiRWKVBlock, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def assert_matches_reference(module, reference, x: torch.Tensor, tol: float) -> None:
-    """Values and the gradients of the input and of every parameter agree with the reference.
+def lite_cell_reference(
+    m: RWKVContextCellLite, x_t: torch.Tensor, h_prev: torch.Tensor
+) -> torch.Tensor:
+    """RWKVContextCellLite from its definition, with the O(T²) reference WKV."""
+    B, C, H, W = x_t.shape
+    h = h_prev if m.omni_shift is None else shift_reference(m.omni_shift, h_prev)
+    x_tokens, h_tokens = x_t.flatten(2).transpose(1, 2), h.flatten(2).transpose(1, 2)
+    k, v = h_tokens @ m.key.weight.T, h_tokens @ m.value.weight.T
+    r = x_tokens @ m.receptance.weight.T
+    y = naive_biwkv4(m.decay / (H * W), m.boost / (H * W), k, v)
+    out = (torch.sigmoid(r) * y) @ m.output.weight.T + m.output.bias
+    return x_t + out.transpose(1, 2).reshape(B, C, H, W)
+
+
+def assert_matches_reference(
+    module, reference, x: torch.Tensor | tuple[torch.Tensor, ...], tol: float
+) -> None:
+    """Values and the gradients of the input(s) and of every parameter agree with the reference.
 
     The reference runs in float64 on a float64 copy of ``module``. Each tensor is compared with an
-    absolute tolerance of ``tol`` times its largest reference entry, so gradients summed over many
-    tokens are held to the same relative precision as the outputs.
+    absolute tolerance of ``tol`` times its largest reference entry (at least 1e-3), so gradients
+    summed over many tokens are held to the same relative precision as the outputs.
     """
     ref_module = copy.deepcopy(module).double()
-    x = x.clone().requires_grad_(True)
-    x_ref = x.detach().double().requires_grad_(True)
-    y, y_ref = module(x), reference(ref_module, x_ref)
+    inputs = [t.clone().requires_grad_(True) for t in (x if isinstance(x, tuple) else (x,))]
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
+    y, y_ref = module(*inputs), reference(ref_module, *ref_inputs)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    names = ["output", "input", *(n for n, _ in module.named_parameters())]
-    got = [y, *torch.autograd.grad(y, [x, *module.parameters()], g.to(y.dtype))]
-    expected = [y_ref, *torch.autograd.grad(y_ref, [x_ref, *ref_module.parameters()], g)]
+    names = ["output", *(f"input {i}" for i in range(len(inputs)))]
+    names += [n for n, _ in module.named_parameters()]
+    got = [y, *torch.autograd.grad(y, [*inputs, *module.parameters()], g.to(y.dtype))]
+    expected = [y_ref, *torch.autograd.grad(y_ref, [*ref_inputs, *ref_module.parameters()], g)]
     for name, a, b in zip(names, got, expected, strict=True):
-        atol = tol * b.abs().max().item()
+        # The floor covers gradients that are zero in exact arithmetic (e.g. of the keys on a 1x1
+        # map, where the WKV returns v whatever k), which float32 gives as rounding noise.
+        atol = tol * max(b.abs().max().item(), 1e-3)
         torch.testing.assert_close(
             a.double(), b, rtol=0, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
         )
@@ -190,14 +210,24 @@ def test_odd_maps_shapes_and_finite_gradients(name, H, W) -> None:
         assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
 
 
+CELLS = {
+    "RWKVContextCell": lambda: RWKVContextCell(DIM, hidden_rate=2),
+    "RWKVContextCellLite": lambda: RWKVContextCellLite(DIM),
+    "RWKVContextCellLite+shift": lambda: RWKVContextCellLite(DIM, shift=True),
+}
+
+
+@pytest.mark.parametrize("name", list(CELLS))
 @pytest.mark.parametrize(("H", "W"), SIZES)
-def test_context_cell_shapes_and_finite_gradients(H, W) -> None:
+def test_context_cell_shapes_and_finite_gradients(name, H, W) -> None:
     torch.manual_seed(0)
-    cell = RWKVContextCell(DIM, hidden_rate=2)
+    cell = CELLS[name]()
     x_t = torch.randn(2, DIM, H, W, requires_grad=True)
     h_prev = torch.randn(2, DIM, H, W, requires_grad=True)
     h_t = cell(x_t, h_prev)
     assert h_t.shape == x_t.shape
+    assert h_t.dtype == x_t.dtype
+    assert h_t.is_contiguous()
     h_t.square().mean().backward()
     for t in (x_t, h_prev):
         assert torch.isfinite(t.grad).all()
@@ -205,6 +235,63 @@ def test_context_cell_shapes_and_finite_gradients(H, W) -> None:
     for pname, p in cell.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize(("H", "W"), SIZES)
+def test_lite_cell_matches_reference(H, W, shift, randomize, float64_wkv) -> None:
+    torch.manual_seed(0)
+    cell = randomize(RWKVContextCellLite(DIM, hidden_rate=0.75, shift=shift, dtype=torch.float64))
+    assert cell.hidden_dim == 6
+    inputs = (torch.randn(2, DIM, H, W, dtype=torch.float64) for _ in range(2))
+    assert_matches_reference(cell, lite_cell_reference, tuple(inputs), tol=1e-10)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize(("H", "W"), SIZES)
+def test_lite_cell_with_the_real_op_matches_reference(H, W, batch, randomize) -> None:
+    """Float32 end to end against the float64 reference; batch 1 reads the maps as transposed
+    matrices without a copy, larger batches copy the tokens once."""
+    torch.manual_seed(0)
+    cell = randomize(RWKVContextCellLite(DIM))
+    inputs = (torch.randn(batch, DIM, H, W) for _ in range(2))
+    assert_matches_reference(cell, lite_cell_reference, tuple(inputs), tol=1e-4)
+
+
+def test_lite_cell_structure() -> None:
+    """Widths, parameter count, and the identity skip: with the output projection zeroed,
+    h_t = x_t exactly."""
+    cell = RWKVContextCellLite(12)
+    assert cell.hidden_dim == 6
+    assert [(m.in_features, m.out_features) for m in (cell.receptance, cell.key, cell.value)] == [
+        (12, 6)
+    ] * 3
+    assert (cell.output.in_features, cell.output.out_features) == (6, 12)
+    assert cell.omni_shift is None
+    assert cell.decay.shape == cell.boost.shape == (6,)
+    assert sum(p.numel() for p in cell.parameters()) == 4 * 12 * 6 + 12 + 2 * 6
+    assert RWKVContextCellLite(12, hidden_rate=0.25, shift=True).hidden_dim == 3
+    # The WKV parameters start as SpatialMix's (Vision-RWKV's init) at the same width.
+    reference = SpatialMix(6)
+    assert torch.equal(cell.decay, reference.decay)
+    assert torch.equal(cell.boost, reference.boost)
+    with torch.no_grad():
+        cell.output.weight.zero_()
+        cell.output.bias.zero_()
+    x_t, h_prev = torch.randn(2, 12, 5, 4), torch.randn(2, 12, 5, 4)
+    torch.testing.assert_close(cell(x_t, h_prev), x_t, rtol=0, atol=0)
+    assert "hidden_dim=6" in repr(cell)
+
+
+def test_lite_cell_sees_the_whole_state() -> None:
+    """The Bi-WKV context is global: the top-left output depends on the bottom-right of h_prev
+    (an 8x8 window cell's would not)."""
+    torch.manual_seed(0)
+    cell = RWKVContextCellLite(DIM)
+    x_t = torch.randn(1, DIM, 13, 11)
+    h_prev = torch.randn(1, DIM, 13, 11, requires_grad=True)
+    cell(x_t, h_prev)[0, :, 0, 0].sum().backward()
+    assert h_prev.grad[0, :, -1, -1].abs().sum() > 0
 
 
 def test_context_cell_structure() -> None:
@@ -260,6 +347,11 @@ def test_factory_kwargs() -> None:
     assert y.dtype == torch.float64
     net = RWKVFusionNet(4, num_blocks=2, device="meta")
     assert all(p.device.type == "meta" for p in net.parameters())
+    lite = RWKVContextCellLite(4, shift=True, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in lite.parameters())
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    assert lite(x, x).dtype == torch.float64
+    assert all(p.device.type == "meta" for p in RWKVContextCellLite(4, device="meta").parameters())
 
 
 @pytest.mark.cuda
@@ -278,6 +370,14 @@ def test_modules_follow_their_device(device) -> None:
     y = cpu_cell(x_t, x_t).cpu()
     # Loose: cuDNN may run the 1x1 convolutions in TF32.
     torch.testing.assert_close(y, cpu_cell.cpu()(x_t.cpu(), x_t.cpu()), rtol=1e-3, atol=1e-3)
+    lite = RWKVContextCellLite(8, shift=True, device=device)
+    h_t = lite(x_t, x_t)
+    h_t.sum().backward()
+    assert h_t.device.type == lite.decay.grad.device.type == device.type
+    cpu_lite = copy.deepcopy(lite).cpu()
+    torch.testing.assert_close(
+        h_t.detach().cpu(), cpu_lite(x_t.cpu(), x_t.cpu()), rtol=1e-3, atol=1e-3
+    )
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -313,8 +413,9 @@ def test_bad_tokens_raise_value_error(make) -> None:
         m.forward_tokens(torch.randn(1, 12, DIM), (0, 12))
 
 
-def test_context_cell_validates_both_inputs() -> None:
-    cell = RWKVContextCell(DIM)
+@pytest.mark.parametrize("make", [RWKVContextCell, RWKVContextCellLite])
+def test_context_cells_validate_both_inputs(make) -> None:
+    cell = make(DIM)
     good = torch.randn(1, DIM, 4, 4)
     with pytest.raises(ValueError, match="h_prev"):
         cell(good, torch.randn(1, 2 * DIM, 4, 4))
@@ -322,6 +423,8 @@ def test_context_cell_validates_both_inputs() -> None:
         cell(torch.randn(1, DIM, 4), good)
     with pytest.raises(ValueError, match="same shape"):
         cell(good, torch.randn(1, DIM, 4, 5))
+    with pytest.raises(TypeError, match="floating-point"):
+        cell(good, good.long())
 
 
 @pytest.mark.parametrize(
@@ -334,6 +437,9 @@ def test_context_cell_validates_both_inputs() -> None:
         (lambda: ChannelMix(8, hidden_rate=0.1), "hidden_rate"),
         (lambda: BiRWKVBlock(8, hidden_rate="4"), "hidden_rate"),
         (lambda: RWKVContextCell(-1), "dim"),
+        (lambda: RWKVContextCellLite(0), "dim"),
+        (lambda: RWKVContextCellLite(8, hidden_rate=0.1), "hidden_rate"),
+        (lambda: RWKVContextCellLite(8, hidden_rate=-0.5), "hidden_rate"),
         (lambda: RWKVFusionNet(8, num_blocks=-1), "num_blocks"),
         (lambda: RWKVFusionNet(8, num_blocks=1.5), "num_blocks"),
     ],

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from rwkv_blocks import BiRWKVBlock, RWKVContextCell, SpatialMix, rwkv_param_groups
+from rwkv_blocks import (
+    BiRWKVBlock,
+    RWKVContextCell,
+    RWKVContextCellLite,
+    SpatialMix,
+    rwkv_param_groups,
+)
 
 
 def _model() -> nn.Module:
@@ -49,6 +55,15 @@ def test_optimizer_uses_the_decay_learning_rate() -> None:
         moved = not torch.equal(p.detach(), before[name])
         is_wkv = name.endswith(("spatial_mix.decay", "spatial_mix.boost"))
         assert moved != is_wkv, f"{name}: moved={moved}"
+
+
+def test_lite_cell_decay_and_boost_are_wkv_parameters() -> None:
+    cell = RWKVContextCellLite(8, shift=True)
+    by_name = {g["name"]: g for g in rwkv_param_groups(cell, lr=1e-3, decay_lr=1e-4)}
+    assert {id(p) for p in by_name["wkv"]["params"]} == {id(cell.decay), id(cell.boost)}
+    assert id(cell.output.bias) in {id(p) for p in by_name["no_decay"]["params"]}
+    assert id(cell.omni_shift.alpha) in {id(p) for p in by_name["no_decay"]["params"]}
+    assert len(by_name["decay"]["params"]) == 4 + 3  # four linears, three shift kernels
 
 
 def test_shared_parameters_appear_once() -> None:

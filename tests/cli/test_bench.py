@@ -14,10 +14,11 @@ from hpcm_models.benchmark import (
     CELL_SIZES,
     biwkv4_flops,
     count_flops,
+    count_ops,
     parse_size,
 )
+from hpcm_models.checkpoints import build_model
 from hpcm_models.cli import main
-from hpcm_models.training import build_model
 from rwkv_blocks import RWKVContextCell
 
 TINY_KWARGS = {"M": 32, "N": 16, "config": {"transform_channels": [16, 32, 64]}}
@@ -41,6 +42,14 @@ def test_counter_sees_matmuls_and_the_analytic_op_count() -> None:
     counted_bwd, wkv_bwd = count_flops(lambda: cell(x_t, h_prev).sum().backward())
     assert wkv_bwd == biwkv4_flops(2, 24, 16) + biwkv4_flops(2, 24, 16, backward=True)
     assert counted_bwd > 2 * counted
+
+
+def test_count_ops_counts_computing_ops_not_views() -> None:
+    x, w = torch.randn(6, 4), torch.randn(3, 4)
+    # A matrix product through a transposed view and a reshape: one op that computes.
+    assert count_ops(lambda: (x @ w.t()).view(2, 9)) == 1
+    assert count_ops(lambda: torch.sigmoid(x) * x + 1) == 3
+    assert count_ops(lambda: torch.empty(3)) == 0
 
 
 def test_cell_sizes_are_the_padded_latents() -> None:
@@ -79,13 +88,27 @@ def test_bench_smoke_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert base["flops_biwkv4"] == 0
     # Phase 1's s3 cell (2M = 64 channels on the 8x8 latent) runs the op 5 times per image.
     assert phase1["flops_biwkv4"] == 5 * biwkv4_flops(1, 8 * 8, 64)
-    cross, rwkv = doc["cells"]
-    assert (cross["cell"], rwkv["cell"]) == ("CrossAttentionCell", "RWKVContextCell")
-    assert cross["latent"] == rwkv["latent"] == [32, 48]
+    cross, rwkv, lite = doc["cells"]
+    assert (cross["cell"], rwkv["cell"], lite["cell"]) == (
+        "CrossAttentionCell",
+        "RWKVContextCell",
+        "RWKVContextCellLite",
+    )
+    assert cross["latent"] == rwkv["latent"] == lite["latent"] == [32, 48]
     assert cross["flops_biwkv4"] == 0
     assert rwkv["flops_biwkv4"] == biwkv4_flops(1, 32 * 48, 32)
-    assert rwkv["fwd_ms"] > 0
-    assert rwkv["fwd_bwd_ms"] > 0
+    # The lite cell: Bi-WKV on C/2 channels, four C x C/2 matrix products.
+    T, C = 32 * 48, 32
+    assert lite["flops_biwkv4"] == biwkv4_flops(1, T, C // 2)
+    assert lite["flops_counted"] == 8 * T * C * (C // 2)
+    for row in (cross, rwkv, lite):
+        assert row["fwd_ms"] > 0
+        assert row["fwd_bwd_ms"] > 0
+        assert row["precision"] == "default"
+        assert 0 < row["ops_fwd"] < row["ops_fwd_bwd"]
+        assert row["fwd_graph_ms"] is row["fwd_mib"] is None  # CUDA only
+    assert lite["ops_fwd"] < cross["ops_fwd"] < rwkv["ops_fwd"]
+    assert "| kodak | RWKVContextCellLite | default | 0." in text  # FLOPs ratio < 1
 
 
 def test_bench_rejects_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from hpcm_models import HPCM_MICRO
+from hpcm_models.checkpoints import load_checkpoint, model_kwargs_to_json, random_model
 from hpcm_models.cli import main
-from hpcm_models.codec import ImageCodec, load_checkpoint, random_model
-from hpcm_models.training import model_kwargs_to_json
+from hpcm_models.codec import ImageCodec
 
 # The full coding schedule with the narrowest transforms, as --model-kwargs JSON.
 MICRO = model_kwargs_to_json({"M": 16, "N": 8, "config": HPCM_MICRO})

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import hpcm_models
+from hpcm_models.checkpoints import load_training_checkpoint
 from hpcm_models.cli import main
-from hpcm_models.training import load_training_checkpoint
 
 pytestmark = pytest.mark.cuda
 

@@ -13,18 +13,17 @@ import torch
 
 import hpcm_models
 from hpcm_models import HPCM_MICRO
-from hpcm_models.cli import main
-from hpcm_models.hpcm.model import CODING_BUFFERS
-from hpcm_models.training import (
+from hpcm_models.checkpoints import (
     CHECKPOINT_FORMAT,
-    LRSchedule,
-    PatchDataset,
-    RateDistortionLoss,
     build_model,
-    find_images,
     load_training_checkpoint,
     model_kwargs_to_json,
 )
+from hpcm_models.cli import main
+from hpcm_models.datasets import PatchDataset, find_images
+from hpcm_models.entropy import CODING_BUFFERS
+from hpcm_models.losses import RateDistortionLoss
+from hpcm_models.training import LRSchedule
 
 DATA = Path(hpcm_models.__file__).parent / "data"
 
@@ -263,6 +262,11 @@ def test_dataset_and_schedule_helpers(images: Path) -> None:
     assert a.shape == (3, 256, 256)
     assert torch.equal(a, b)  # a sample is a function of its seed
     assert not torch.equal(a, dataset[(0, 124)])
+    cached = PatchDataset(files, 256, cache=True)
+    assert cached.files == dataset.files
+    assert cached.skipped == dataset.skipped
+    for index in range(len(dataset)):  # the in-memory crops are the decoded crops
+        assert torch.equal(cached[(index, 7 + index)], dataset[(index, 7 + index)])
     schedule = LRSchedule.hpcm(3001)
     assert [schedule(s) for s in (0, 2749, 2750, 2850, 2950, 3000)] == [1, 1, 0.3, 0.1, 0.01, 0.01]
 

@@ -14,7 +14,7 @@ import pytest
 
 import hpcm_models
 from hpcm_models import HPCM_MICRO
-from hpcm_models.training import load_training_checkpoint, model_kwargs_to_json
+from hpcm_models.checkpoints import load_training_checkpoint, model_kwargs_to_json
 
 DATA = Path(hpcm_models.__file__).parent / "data"
 TINY_KWARGS = model_kwargs_to_json({"M": 16, "N": 8, "config": HPCM_MICRO})

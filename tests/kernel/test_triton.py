@@ -9,13 +9,13 @@ run on a GPU with the production tiles in tests/kernel/test_cuda.py.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import warnings
 
 import pytest
 import torch
+from numerics import assert_close
 
 from biwkv4_kernel import _ext, _triton, gpu_backend, naive_biwkv4
 from biwkv4_kernel import ops as ops_module
@@ -24,6 +24,7 @@ from biwkv4_kernel import ops as ops_module
 VALUE_TOL = {torch.float32: 1e-5, torch.bfloat16: 6e-3, torch.float16: 1.5e-3}
 GRAD_TOL = {torch.float32: 5e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 SMALL_TILES = {"chunk": 2, "group": 2}
+L2 = {"norm": "l2", "floor": 1e-3}  # ‖out - ref‖ / ‖ref‖, as for the CUDA kernel
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +50,6 @@ def _inputs(B, T, C, dtype=torch.float32, *, w_scale=None, k_scale=1.0, seed=0):
     return (x.to(device) for x in (w, u, k.to(dtype), v.to(dtype), gy.to(dtype)))
 
 
-def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """‖out - ref‖ / ‖ref‖, against unit-scale data (1e-3 per element) where ref is ~0."""
-    out, ref = out.double().cpu(), ref.double().cpu()
-    assert torch.isfinite(out).all(), "non-finite output"
-    scale = max(ref.norm().item(), 1e-3 * math.sqrt(ref.numel()))
-    return (out - ref).norm().item() / scale
-
-
 def _check(kernels, w, u, k, v, gy, *, value_tol=None, grad_tol=None, **tiles) -> None:
     """y, lse and the four gradients of the Triton kernels against the float64 reference."""
     value_tol = value_tol or VALUE_TOL[k.dtype]
@@ -67,7 +60,7 @@ def _check(kernels, w, u, k, v, gy, *, value_tol=None, grad_tol=None, **tiles) -
     y_ref = naive_biwkv4(*leaves)
     grads_ref = torch.autograd.grad(y_ref, leaves, gy.double())
     assert (y.dtype, y.shape, lse.dtype, lse.shape) == (k.dtype, k.shape, torch.float32, k.shape)
-    assert _rel(y, y_ref) < value_tol
+    assert_close(y, y_ref, value_tol, **L2)
     # lse against the same definition: the log of the softmax denominator of each position.
     T = k.shape[1]
     pos = torch.arange(T, device=k.device)
@@ -80,7 +73,7 @@ def _check(kernels, w, u, k, v, gy, *, value_tol=None, grad_tol=None, **tiles) -
     )
     for name, out, ref, like in zip("wukv", grads, grads_ref, (w, u, k, v), strict=True):
         assert (out.dtype, out.shape) == (like.dtype, like.shape), name
-        assert _rel(out, ref) < grad_tol, f"g{name}: {_rel(out, ref):.2e}"
+        assert_close(out, ref, grad_tol, names=[f"g{name}"], **L2)
 
 
 @pytest.mark.parametrize(("B", "T", "C"), [(1, 1, 1), (2, 17, 3), (1, 8, 18)])

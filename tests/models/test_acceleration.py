@@ -19,7 +19,7 @@ from hpcm_models.acceleration import (
     fp32_precision,
     precision,
 )
-from hpcm_models.training import RateDistortionLoss
+from hpcm_models.losses import RateDistortionLoss
 
 MICRO_KWARGS = {"M": 16, "N": 8, "config": HPCM_MICRO}
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from hpcm_models.cli import main
+from hpcm_models.errors import ResultsFormatError
 from hpcm_models.evaluation import (
-    ResultsFormatError,
     bd_psnr,
     bd_rate,
     load_curve,

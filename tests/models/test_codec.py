@@ -21,14 +21,7 @@ from PIL import Image
 
 import hpcm_models.codec as codec_module
 from hpcm_models import HPCM_BASE, HPCM_MICRO, available_models, get_model
-from hpcm_models.codec import (
-    ImageCodec,
-    _RansTables,
-    config_hash,
-    deterministic_coding,
-    read_image,
-    weights_hash,
-)
+from hpcm_models.codec import ImageCodec
 from hpcm_models.container import (
     Header,
     ImageMode,
@@ -38,6 +31,8 @@ from hpcm_models.container import (
     read_container,
     write_container,
 )
+from hpcm_models.devices import deterministic_coding
+from hpcm_models.entropy import RansTables as _RansTables
 from hpcm_models.errors import (
     BitstreamError,
     CorruptBitstreamError,
@@ -50,6 +45,8 @@ from hpcm_models.errors import (
     UnsupportedFormatError,
     WeightsMismatchError,
 )
+from hpcm_models.hashes import config_hash, weights_hash
+from hpcm_models.image_io import read_image
 
 MICRO = HPCM_MICRO  # the full coding schedule with the narrowest transforms
 MICRO_KWARGS = {"M": 16, "N": 8, "config": MICRO}

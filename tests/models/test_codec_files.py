@@ -12,16 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-import hpcm_models.codec as codec_module
+import hpcm_models.image_io as codec_module
 from hpcm_models import HPCM_MICRO, get_model
-from hpcm_models.codec import (
-    ImageCodec,
-    compress_file,
-    decompress_file,
-    load_checkpoint,
-    random_model,
-    resolve_device,
-)
+from hpcm_models.checkpoints import load_checkpoint, model_kwargs_to_json, random_model
+from hpcm_models.codec import ImageCodec
+from hpcm_models.codec_files import compress_file, decompress_file
+from hpcm_models.devices import resolve_device
+from hpcm_models.entropy import CODING_BUFFERS
 from hpcm_models.errors import (
     CheckpointError,
     CorruptBitstreamError,
@@ -30,8 +27,6 @@ from hpcm_models.errors import (
     ImageError,
     WeightsMismatchError,
 )
-from hpcm_models.hpcm.model import CODING_BUFFERS
-from hpcm_models.training import model_kwargs_to_json
 
 MICRO = HPCM_MICRO  # the full coding schedule with the narrowest transforms
 KWARGS_JSON = model_kwargs_to_json({"M": 16, "N": 8, "config": MICRO})

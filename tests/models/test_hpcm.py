@@ -19,7 +19,7 @@ from hpcm_models import (
     available_models,
     get_model,
 )
-from hpcm_models.hpcm.model import CODING_BUFFERS
+from hpcm_models.entropy import CODING_BUFFERS
 
 # Narrow transforms keep the coding tests fast; the schedule is the real one.
 TINY = dataclasses.replace(HPCM_BASE, transform_channels=(16, 32, 64), g_a_depths=(1, 1, 1))

@@ -1,4 +1,5 @@
-"""HPCM × RWKV phases 1-4: structure, options, baseline checkpoints, training, bit-exact coding."""
+"""HPCM × RWKV phases 1-4 and phase 1 lite: structure, options, baseline checkpoints, training,
+bit-exact coding."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hpcm_models import (
     HPCMRWKV,
     CheckpointError,
     HPCMPhase1,
+    HPCMPhase1Lite,
     HPCMPhase2,
     HPCMPhase3,
     HPCMPhase4,
@@ -28,10 +30,22 @@ from hpcm_models import (
     from_baseline,
     get_model,
 )
-from hpcm_models.hpcm.model import CODING_BUFFERS
+from hpcm_models.entropy import CODING_BUFFERS
 from hpcm_models.layers import Conv1x1, CrossAttentionCell, SpatialPrior
-from hpcm_models.phases import DEFAULT_CELL_HIDDEN_RATES, REPLACEABLE_MODULES
-from rwkv_blocks import BiRWKVBlock, RWKVContextCell, RWKVFusionNet, SpatialMix, rwkv_param_groups
+from hpcm_models.phases import (
+    DEFAULT_CELL_HIDDEN_RATES,
+    LITE_CELL_HIDDEN_RATES,
+    REPLACEABLE_MODULES,
+)
+from hpcm_models.presets import SMALL_MODELS
+from rwkv_blocks import (
+    BiRWKVBlock,
+    RWKVContextCell,
+    RWKVContextCellLite,
+    RWKVFusionNet,
+    SpatialMix,
+    rwkv_param_groups,
+)
 
 # Narrow transforms keep the tests fast; the context model and the schedule are the real ones.
 TINY = dataclasses.replace(HPCM_BASE, transform_channels=(16, 32, 64), g_a_depths=(1, 1, 1))
@@ -45,6 +59,9 @@ PHASES = {
     "hpcm-phase4": HPCMPhase4,
 }
 PHASE_NAMES = list(PHASES)
+#: Every RWKV variant: the phases and phase 1 with the lite cell.
+VARIANTS = {**PHASES, "hpcm-phase1-lite": HPCMPhase1Lite}
+VARIANT_NAMES = list(VARIANTS)
 
 #: Per phase: baseline keys replaced, RWKV keys added (HPCM-Base config; any M, N).
 KEY_COUNTS = {
@@ -52,6 +69,7 @@ KEY_COUNTS = {
     "hpcm-phase2": (24, 81),
     "hpcm-phase3": (28, 131),
     "hpcm-phase4": (80, 319),
+    "hpcm-phase1-lite": (8, 7),
 }
 
 #: Parameters at M=320, N=256 (docs/models.md, "RWKV phases").
@@ -61,11 +79,13 @@ PARAMETERS = {
     ("hpcm-phase2", "base"): 80_939_243,
     ("hpcm-phase3", "base"): 91_688_699,
     ("hpcm-phase4", "base"): 129_051_963,
+    ("hpcm-phase1-lite", "base"): 67_684_819,
     ("hpcm-large", "large"): 89_718_803,
     ("hpcm-phase1", "large"): 94_682_651,
     ("hpcm-phase2", "large"): 102_152_747,
     ("hpcm-phase3", "large"): 112_902_203,
     ("hpcm-phase4", "large"): 164_276_691,
+    ("hpcm-phase1-lite", "large"): 88_898_323,
 }
 
 
@@ -88,9 +108,9 @@ def warm_phase(name: str, state: dict[str, torch.Tensor], seed: int = 0, **kwarg
 
 @pytest.fixture(scope="module")
 def coders(baseline_state) -> dict[str, HPCMRWKV]:
-    """Each phase warm-started from the tiny baseline, in eval mode, tables built."""
+    """Each variant warm-started from the tiny baseline, in eval mode, tables built."""
     models = {}
-    for name in PHASE_NAMES:
+    for name in VARIANT_NAMES:
         model = warm_phase(name, baseline_state).eval()
         model.update()
         models[name] = model
@@ -101,8 +121,9 @@ def coders(baseline_state) -> dict[str, HPCMRWKV]:
 
 
 def test_registry_and_exports() -> None:
-    assert available_models() == ["hpcm-base", "hpcm-large", *PHASE_NAMES]
-    for name, cls in PHASES.items():
+    assert available_models() == sorted(["hpcm-base", "hpcm-large", *VARIANT_NAMES, *SMALL_MODELS])
+    assert ("hpcm-base", "hpcm-large", *sorted(VARIANT_NAMES)) == hpcm_models.BUILTIN_MODELS
+    for name, cls in VARIANTS.items():
         assert compressai_registry.MODELS[name] is cls
         assert issubclass(cls, HPCMRWKV)
         assert issubclass(cls, hpcm_models.HPCM)
@@ -177,6 +198,36 @@ def test_replaced_modules_are_rwkv_and_the_others_hpcm(name, config) -> None:
     ours = [(k, v.shape) for k, v in model.state_dict().items() if not model.is_rwkv_key(k)]
     theirs = [(k, v.shape) for k, v in baseline.state_dict().items() if not model.is_rwkv_key(k)]
     assert ours == theirs
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_LARGE], ids=["base", "large"])
+def test_phase1_lite_is_phase1_with_the_lite_cell(config) -> None:
+    model = get_model("hpcm-phase1-lite", M=M, N=N, config=config)
+    assert type(model) is HPCMPhase1Lite
+    assert HPCMPhase1Lite.rwkv_modules == HPCMPhase1.rwkv_modules == ("attn_s3",)
+    assert HPCMPhase1Lite.cell_class is RWKVContextCellLite
+    assert HPCMPhase1.cell_class is RWKVContextCell
+    cell = model.attn_s3
+    assert type(cell) is RWKVContextCellLite
+    # Bi-WKV on M channels (hidden rate 0.5 of 2M), no OmniShift.
+    assert (cell.dim, cell.hidden_dim, cell.omni_shift) == (2 * M, M, None)
+    assert model.cell_hidden_rates == (LITE_CELL_HIDDEN_RATES[3],) == (0.5,)
+    for prefix in ("attn_s1", "attn_s2"):
+        assert type(_module(model, prefix)) is CrossAttentionCell
+    # Everything but attn_s3 is phase 1's, and so HPCM's.
+    phase1 = get_model("hpcm-phase1", M=M, N=N, config=config)
+    ours = [(k, v.shape) for k, v in model.state_dict().items() if not model.is_rwkv_key(k)]
+    theirs = [(k, v.shape) for k, v in phase1.state_dict().items() if not phase1.is_rwkv_key(k)]
+    assert ours == theirs
+    # Options: another width, checkpointing; parts it does not replace are refused.
+    wide = get_model(
+        "hpcm-phase1-lite", M=M, N=N, config=config, cell_hidden_rates=[0.75], use_checkpoint=True
+    )
+    assert (wide.attn_s3.hidden_dim, wide.attn_s3.use_checkpoint) == (48, True)
+    with pytest.raises(ValueError, match="HPCMPhase1Lite has no RWKV context_net"):
+        get_model("hpcm-phase1-lite", M=M, N=N, config=config, fusion_blocks=1)
+    with pytest.raises(ValueError, match="hidden_rate"):
+        get_model("hpcm-phase1-lite", M=M, N=N, config=config, cell_hidden_rates=[0.001])
 
 
 def test_parameter_counts_at_paper_size() -> None:
@@ -300,7 +351,7 @@ def test_rwkv_spatial_prior_computes_its_formula() -> None:
 # ---------------------------------------------------------------- baseline checkpoints
 
 
-@pytest.mark.parametrize("name", PHASE_NAMES)
+@pytest.mark.parametrize("name", VARIANT_NAMES)
 def test_baseline_checkpoint_loads_into_every_unchanged_part(name, baseline_state) -> None:
     model = get_model(name, M=M, N=N, config=TINY)
     result = model.load_state_dict(baseline_state, strict=False)
@@ -413,7 +464,7 @@ def test_phase_checkpoints_round_trip_through_from_state_dict(coders) -> None:
 # ---------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("name", PHASE_NAMES)
+@pytest.mark.parametrize("name", VARIANT_NAMES)
 def test_forward_backward_trains_every_parameter(name, baseline_state) -> None:
     model = warm_phase(name, baseline_state).train()
     torch.manual_seed(1)
@@ -427,15 +478,17 @@ def test_forward_backward_trains_every_parameter(name, baseline_state) -> None:
     untrained = [k for k, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not untrained
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    # The WKV decay and boost of every RWKV block get a gradient; they are what
+    # The WKV decay and boost of every RWKV block (and lite cell) get a gradient; they are what
     # rwkv_param_groups gives their own learning rate.
     mixes = [m for m in model.modules() if isinstance(m, SpatialMix)]
-    assert len(mixes) == sum(isinstance(m, BiRWKVBlock) for m in model.modules()) > 0
-    for mix in mixes:
-        assert mix.decay.grad.abs().sum() > 0
-        assert mix.boost.grad.abs().sum() > 0
+    assert len(mixes) == sum(isinstance(m, BiRWKVBlock) for m in model.modules())
+    owners = [*mixes, *(m for m in model.modules() if isinstance(m, RWKVContextCellLite))]
+    assert owners
+    for owner in owners:
+        assert owner.decay.grad.abs().sum() > 0
+        assert owner.boost.grad.abs().sum() > 0
     groups = {g["name"]: g for g in rwkv_param_groups(model, lr=1e-4, decay_lr=1e-5)}
-    assert len(groups["wkv"]["params"]) == 2 * len(mixes)
+    assert len(groups["wkv"]["params"]) == 2 * len(owners)
 
 
 def test_activation_checkpointing_gives_the_same_gradients(baseline_state) -> None:
@@ -472,6 +525,8 @@ def _record_y_hats(model, monkeypatch) -> list[torch.Tensor]:
     ("name", "shape"),
     [
         ("hpcm-phase1", (1, 3, 128, 128)),
+        ("hpcm-phase1-lite", (1, 3, 128, 128)),
+        ("hpcm-phase1-lite", (2, 3, 128, 256)),
         ("hpcm-phase2", (1, 3, 128, 128)),
         ("hpcm-phase3", (1, 3, 128, 128)),
         ("hpcm-phase4", (1, 3, 128, 128)),
@@ -505,15 +560,20 @@ def test_round_trip_is_bit_exact(coders, name, shape, monkeypatch) -> None:
     assert abs(actual - estimate) <= 0.02 * estimate + 100 * 2 * B
 
 
-def test_the_rwkv_parts_decide_the_bitstream(coders) -> None:
+@pytest.mark.parametrize("name", ["hpcm-phase1", "hpcm-phase1-lite"])
+def test_the_rwkv_parts_decide_the_bitstream(coders, name) -> None:
     """Coding depends on the RWKV weights (so the round trips above exercise them)."""
-    model = coders["hpcm-phase1"]
+    model = coders[name]
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         before = model.compress(x)
-        decay = model.attn_s3.block.spatial_mix.decay
+        cell = model.attn_s3
+        decay = (
+            cell.decay if isinstance(cell, RWKVContextCellLite) else cell.block.spatial_mix.decay
+        )
         saved = decay.clone()
-        decay.add_(1.0)
+        # From favouring far tokens (decay/T < 0) to favouring near ones on every channel.
+        decay.add_(10.0)
         try:
             after = model.compress(x)
         finally:
@@ -572,7 +632,7 @@ def check_round_trip_on(device: torch.device, name: str, baseline_state) -> None
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", PHASE_NAMES)
+@pytest.mark.parametrize("name", VARIANT_NAMES)
 def test_cuda_round_trip_is_bit_exact(name, baseline_state, monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

@@ -9,14 +9,9 @@ with _warnings.catch_warnings():
     import compressai as _compressai  # noqa: F401
 
 from .acceleration import GraphChain, GraphedForward, GraphedTrainStep, capturable_adam
-from .codec import (
-    ImageCodec,
-    compress_file,
-    decode_image,
-    decompress_file,
-    encode_image,
-    load_checkpoint,
-)
+from .checkpoints import load_checkpoint
+from .codec import ImageCodec, decode_image, encode_image
+from .codec_files import compress_file, decompress_file
 from .entropy import GeneralizedGaussian, default_scale_table
 from .errors import (
     BitstreamError,
@@ -47,6 +42,7 @@ from .hpcm import (
 from .phases import (
     HPCMRWKV,
     HPCMPhase1,
+    HPCMPhase1Lite,
     HPCMPhase2,
     HPCMPhase3,
     HPCMPhase4,
@@ -82,6 +78,7 @@ __all__ = [
     "HPCMError",
     "HPCMLarge",
     "HPCMPhase1",
+    "HPCMPhase1Lite",
     "HPCMPhase2",
     "HPCMPhase3",
     "HPCMPhase4",

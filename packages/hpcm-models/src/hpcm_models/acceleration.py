@@ -16,6 +16,9 @@ them with one call. Everything here is shape-specialized: build one object per i
 Nothing here changes what is computed, only how it is launched; the precision mode is the one
 knob that changes arithmetic, and the codec keeps everything that decides the coded bits in
 IEEE float32 (see :class:`hpcm_models.ImageCodec`).
+
+One module (a little over 500 lines): the graph classes share the side stream they warm up and
+capture on, and the precision modes.
 """
 
 from __future__ import annotations
@@ -424,7 +427,7 @@ class GraphedTrainStep:
         model: the model, in training mode, on a CUDA device.
         optimizer: see above.
         loss_fn: ``loss_fn(output, batch) -> {"loss": scalar, ...}`` (e.g.
-            :class:`~hpcm_models.training.RateDistortionLoss`).
+            :class:`~hpcm_models.losses.RateDistortionLoss`).
         example: a batch of the shape and dtype every step will get.
         amp: bf16 autocast of the forward pass.
         max_norm: gradient clipping norm (``inf``: measure the norm, do not clip).

@@ -1,600 +1,103 @@
-"""Images ⇄ ``.hpcm`` files: what ``hpcm compress`` and ``hpcm decompress`` run.
+"""Images ⇄ ``.hpcm`` bytes: the codec and its coding schedule.
 
 :class:`ImageCodec` wraps an HPCM model (any registered variant) and codes one image per file:
-Pillow image → 8-bit RGB planes (gray coded as RGB, alpha kept losslessly) → edge-replicated to a
-multiple of 128 → the model's hyperprior and 11-step context model → rANS streams in a checksummed
-container (:mod:`hpcm_models.container`, ``docs/format.md``), and back.
+Pillow image → 8-bit RGB planes (gray coded as RGB, alpha kept losslessly;
+:mod:`hpcm_models.image_io`) → edge-replicated to a multiple of 128 → the model's hyperprior and
+11-step context model → rANS streams (:mod:`hpcm_models.rans`) in a checksummed container
+(:mod:`hpcm_models.container`, ``docs/format.md``), and back. :mod:`hpcm_models.codec_files`
+does the same from and to files.
 
 Safety, by construction:
 
 * The container is validated completely (sizes, limits, CRCs) before anything else.
 * The model must match the file: the registry name, a hash of the weights and a hash of the
-  architecture and rANS tables are compared before decoding (:class:`WeightsMismatchError`).
-* CompressAI's rANS decoder does not check bounds. It only ever gets CRC-checked streams, and its
-  tables here have no escape ("bypass") symbol, so it reads at most one 32-bit word per symbol
-  (plus the 8-byte initial state); every stream is handed over with zero padding up to
-  ``8 + 4 · symbols`` bytes, so even a desynchronized decoder stays inside its buffer. Latents
-  outside a table's range are sent in a separate ESCAPES stream. See ``docs/format.md``.
+  architecture and rANS tables (:mod:`hpcm_models.hashes`) are compared before decoding
+  (:class:`WeightsMismatchError`).
+* The rANS decoder only ever gets CRC-checked streams with escape-free tables, padded so that
+  even a desynchronized decoder stays inside its buffer (:mod:`hpcm_models.rans`).
 * The decoder hashes the integer latents it decoded and refuses the image if the hash differs from
   the encoder's (:class:`DecodeMismatchError`): a desync (e.g. encoder and decoder on devices with
   different floating-point results) is never returned as an image.
-* Coding runs under :func:`deterministic_coding`; the same image gives the same bytes every time.
+* Coding runs under :func:`~hpcm_models.devices.deterministic_coding`; the same image gives the
+  same bytes every time.
+
+The module is one class on purpose (a little over 500 lines): the encoder's and the decoder's
+halves of :class:`ImageCodec` must mirror each other step for step, so they stay side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import io
 import itertools
-import json
-import os
-import secrets
-import struct
-import time
-import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from compressai.ans import BufferedRansEncoder, RansDecoder
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .acceleration import (
     GraphChain,
     RecentGraphs,
     Split,
     check_precision,
-    fp32_precision,
     precision,
 )
 from .container import (
-    HASH_BYTES,
     Header,
-    ImageMode,
     Limits,
     StreamKind,
     make_header_streams,
     read_container,
     write_container,
 )
+from .devices import deterministic_coding
 from .errors import (
-    CheckpointError,
     CorruptBitstreamError,
     DecodeMismatchError,
-    DeviceError,
-    EncodeError,
-    FileAccessError,
-    ImageError,
-    LimitExceededError,
     WeightsMismatchError,
 )
+from .hashes import config_hash, latent_hasher, weights_hash
 from .hpcm import geometry as geo
-from .hpcm.model import CODING_BUFFERS, HPCM
+from .hpcm.model import HPCM
+from .image_io import (
+    check_image_size,
+    image_planes,
+    pad_to_multiple,
+    restore_image,
+)
+from .rans import (
+    SymbolReader,
+    SymbolWriter,
+    check_rans_stream,
+    device_symbols,
+    pack_escapes,
+    parse_escapes,
+)
+from .registry import registered_name
 
 __all__ = [
-    "OUTPUT_FORMATS",
-    "CompressReport",
     "DecodedImage",
-    "DecompressReport",
     "EncodedImage",
     "ImageCodec",
-    "compress_file",
-    "config_hash",
     "decode_image",
-    "decompress_file",
-    "deterministic_coding",
     "encode_image",
-    "load_checkpoint",
-    "random_model",
-    "read_image",
-    "resolve_device",
-    "weights_hash",
 ]
 
 #: Downsampling of the latent ``y`` and of the hyper-latent ``z`` relative to the image (HPCM).
 Y_STRIDE = 16
 Z_STRIDE = 64
 
-# rANS (CompressAI 1.2.8, ryg_rans 64-bit): 16-bit probabilities; a flushed stream starts with the
-# final 64-bit encoder state, which is always >= 2^31.
-_RANS_PRECISION = 16
-_RANS_TOTAL = 1 << _RANS_PRECISION
-_RANS_STATE_MIN = 1 << 31
-_INT32 = 1 << 31
 
-#: Output image formats by extension: all lossless. JPEG and other lossy formats are refused.
-OUTPUT_FORMATS: dict[str, str] = {
-    ".png": "PNG",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".ppm": "PPM",
-    ".pgm": "PPM",
-    ".pnm": "PPM",
-    ".webp": "WEBP",
-}
-_LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".jp2", ".j2k", ".jxr", ".heic", ".avif")
-
-# Image modes that carry more than 8 bits per sample; the codec codes 8-bit planes.
-_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N", "BGR;15", "BGR;16", "BGR;24")
-
-# Attributes of the RWKV variants that change the architecture (beyond M, N and the config).
-_ARCH_ATTRIBUTES = ("cell_hidden_rates", "fusion_hidden_rate", "fusion_blocks", "prior_hidden_rate")
-
-_CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
-
-
-# ---------------------------------------------------------------------------- determinism
-
-
-@contextlib.contextmanager
-def deterministic_coding(device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run the enclosed code with deterministic, full-precision float32 settings; restore after.
-
-    Sets ``torch.use_deterministic_algorithms(True)``, every ``fp32_precision`` of
-    ``torch.backends`` to ``"ieee"`` (no TF32 for matmuls and convolutions on CUDA, no bf16 in
-    oneDNN on CPU), and makes cuDNN deterministic without autotuning. On CUDA, cuBLAS is
-    deterministic on one stream; PyTorch additionally asks for ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
-    (read at the first matmul of the process; ``hpcm compress/decompress`` set it). Without it,
-    PyTorch's warning about it is silenced and deterministic mode only warns for ops without a
-    deterministic implementation (none in HPCM's inference). Either way the latent hash refuses
-    any image whose latents the decoder did not reproduce.
-
-    On the CPU, coding runs on one thread: oneDNN/MKL split reductions (e.g. the K dimension of a
-    matrix product) by thread count, and OpenMP may hand out fewer threads under load, so the
-    entropy parameters — and the bytes — would otherwise depend on the machine and its load.
-    """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    saved_threads = torch.get_num_threads()
-    if not cuda:
-        torch.set_num_threads(1)
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.utils.deterministic.fill_uninitialized_memory,
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    warn_only = cuda and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in _CUBLAS_DETERMINISTIC
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*CuBLAS.*", category=UserWarning)
-        torch.use_deterministic_algorithms(True, warn_only=warn_only)
-        # Deterministic mode would fill every torch.empty with NaN; no op here reads such memory.
-        torch.utils.deterministic.fill_uninitialized_memory = False
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        try:
-            with fp32_precision("ieee"):
-                yield
-        finally:
-            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-            torch.utils.deterministic.fill_uninitialized_memory = saved[2]
-            torch.backends.cudnn.deterministic = saved[3]
-            torch.backends.cudnn.benchmark = saved[4]
-            torch.set_num_threads(saved_threads)
-
-
-def resolve_device(spec: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` → a device that exists here.
-
-    Raises:
-        DeviceError: for other names, or CUDA without a (matching) GPU.
-    """
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise DeviceError(f"unknown device {spec!r}; expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {spec!r} was requested but no CUDA GPU is available to torch "
-                f"{torch.__version__}; use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device {spec!r} was requested but there are {torch.cuda.device_count()} GPU(s)"
-            )
-    elif device.type != "cpu":
-        raise DeviceError(f"unsupported device {spec!r}; expected cpu, cuda or cuda:N")
-    return device
-
-
-# ---------------------------------------------------------------------------- hashes
-
-
-def _hasher(person: bytes) -> Any:
-    return hashlib.blake2b(digest_size=HASH_BYTES, person=person)
-
-
-def _latent_hasher(width: int, height: int, mode: ImageMode) -> Any:
-    """The latent hash covers the symbols and the image they belong to (size and mode)."""
-    h = _hasher(b"hpcm-latents")
-    h.update(struct.pack("<IIB", width, height, int(mode)))
-    return h
-
-
-def _update_field(h: Any, data: bytes | memoryview) -> None:
-    h.update(struct.pack("<Q", len(data)))
-    h.update(data)
-
-
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
-def weights_hash(model: torch.nn.Module) -> bytes:
-    """16-byte BLAKE2b of the state dict, without the rANS tables that ``update()`` rebuilds.
-
-    Keys are taken in sorted order; each entry contributes its name, dtype, shape and raw
-    little-endian bytes. Independent of the device the model is on.
-    """
-    h = _hasher(b"hpcm-weights")
-    state = model.state_dict()
-    for key in sorted(state):
-        if key in CODING_BUFFERS:
-            continue
-        t = state[key]
-        _update_field(h, key.encode())
-        _update_field(h, f"{t.dtype}{tuple(t.shape)}".encode())
-        _update_field(h, _tensor_bytes(t))
-    return h.digest()
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def _architecture(model: HPCM, model_id: str) -> dict[str, Any]:
-    arch: dict[str, Any] = {"model": model_id, "M": model.M, "N": model.N}
-    arch["config"] = _plain(model.config)
-    for name in _ARCH_ATTRIBUTES:
-        if hasattr(model, name):
-            arch[name] = _plain(getattr(model, name))
-    return arch
-
-
-def config_hash(model: HPCM, model_id: str) -> bytes:
-    """16-byte BLAKE2b of the architecture and the rANS tables the codec derives from the model.
-
-    Covers the registry name, M, N, every :class:`~hpcm_models.HPCMConfig` field, the RWKV
-    variants' width and depth settings, the scale table and the quantized CDFs (so weights coded
-    with other tables, e.g. another scale table, are refused instead of desynchronizing).
-    """
-    h = _hasher(b"hpcm-config")
-    _update_field(h, json.dumps(_architecture(model, model_id), sort_keys=True).encode())
-    _update_field(h, _tensor_bytes(model.scale_table.float()))
-    for latent in ("z", "y"):
-        tables = _RansTables.from_model(model, latent)
-        for row in tables.cdfs:
-            _update_field(h, np.asarray(row, dtype="<i4").tobytes())
-        _update_field(h, np.asarray(tables.offsets, dtype="<i4").tobytes())
-    return h.digest()
-
-
-# ---------------------------------------------------------------------------- rANS tables
-
-
-@dataclass(frozen=True)
-class _RansTables:
-    """CompressAI rANS tables without the escape symbol, plus each row's symbol range.
-
-    The model's rows end with an escape (bypass) symbol for values outside ``[low, high]``.
-    Here its frequency goes to the last regular symbol (``cdf[n-2] = 2^16``), so the decoder can
-    never enter bypass decoding, whose reads are unbounded on garbage; escaped values travel in
-    the ESCAPES stream instead. Costs at most 2^-16 of probability mass per row.
-    """
-
-    cdfs: list[list[int]]
-    sizes: list[int]
-    offsets: list[int]
-    low: np.ndarray  # int64 [rows]: smallest regular symbol
-    high: np.ndarray  # int64 [rows]: largest regular symbol
-
-    @classmethod
-    def from_model(cls, model: HPCM, latent: str) -> _RansTables:
-        cdf = getattr(model, f"quantized_cdf_{latent}").detach().to("cpu", torch.int64)
-        lengths = getattr(model, f"cdf_length_{latent}").detach().to("cpu", torch.int64).flatten()
-        offsets = getattr(model, f"offset_{latent}").detach().to("cpu", torch.int64).flatten()
-        rows = cdf.shape[0] if cdf.dim() == 2 else -1
-        if rows < 1 or lengths.numel() != rows or offsets.numel() != rows:
-            raise CheckpointError(
-                f"rANS tables of {latent} are malformed: quantized_cdf_{latent} "
-                f"{list(cdf.shape)}, cdf_length_{latent} {list(lengths.shape)}, "
-                f"offset_{latent} {list(offsets.shape)}"
-            )
-        cdfs, sizes = [], []
-        for i, n in enumerate(lengths.tolist()):
-            row = cdf[i, :n].tolist() if 4 <= n <= cdf.shape[1] else []
-            valid = (
-                len(row) == n
-                and row[0] == 0
-                and row[-1] == _RANS_TOTAL
-                and bool((np.diff(row) > 0).all())
-            )
-            if not valid:
-                # The C++ decoder trusts its tables; a malformed row would make it read astray.
-                raise CheckpointError(
-                    f"rANS table row {i} of {latent} is malformed (expected >= 4 strictly "
-                    f"increasing entries from 0 to {_RANS_TOTAL}); rebuild with model.update()"
-                )
-            row[n - 2] = _RANS_TOTAL
-            cdfs.append(row)
-            sizes.append(n)
-        low = offsets.numpy().astype(np.int64)
-        high = low + lengths.numpy().astype(np.int64) - 3
-        return cls(cdfs, sizes, offsets.tolist(), low, high)
+# ---------------------------------------------------------------------------- rANS
 
 
 def _scale_indexes(model: HPCM, scales: torch.Tensor) -> torch.Tensor:
-    """Row of the y table for each scale: the first scale-table entry >= it (the model's rule);
-    int64, flattened, on the scales' device."""
-    boundaries = model.scale_table[:-1].to(scales)
-    index = torch.bucketize(scales, boundaries).flatten()
-    return index.clamp_(0, model.scale_table.numel() - 1)
-
-
-def _coded_symbols(
-    values: torch.Tensor, rows: torch.Tensor, low: torch.Tensor, high: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """What the entropy coder needs from quantized latents, computed where they are (on the GPU
-    inside the encoder's CUDA graphs): ``(symbols, coded, rows, broken)``: the values as int32,
-    the values clipped to their table row's range ``[low, high]`` (what rANS codes; the
-    difference travels as an escape), the rows as int32, and a flag for values that are not
-    finite or not 32-bit integers (the symbols are then meaningless)."""
-    values = values.flatten()
-    finite = torch.isfinite(values)
-    broken = (~finite).any() | (values.abs() >= _INT32).any()
-    bound = float(_INT32 - 128)  # the largest float32 below 2^31
-    symbols = torch.where(finite, values, 0.0).clamp(-bound, bound).to(torch.int32)
-    coded = torch.minimum(torch.maximum(symbols, low[rows]), high[rows])
-    return symbols, coded, rows.to(torch.int32), broken.view(1)
-
-
-class _SymbolWriter:
-    """Entropy-codes one latent's symbols in coding order, a chunk (coding step) at a time;
-    values outside their table row's range become escapes."""
-
-    def __init__(self, tables: _RansTables, hasher: Any, escapes: list, start: int) -> None:
-        self.tables, self.hasher, self.escapes, self.position = tables, hasher, escapes, start
-        self.encoder = BufferedRansEncoder()
-
-    def add(self, symbols: np.ndarray, coded: np.ndarray, rows: np.ndarray, broken: bool) -> None:
-        """Add the next chunk (see :func:`_coded_symbols`; int32 arrays)."""
-        if broken:
-            raise EncodeError(
-                "the model produced non-finite latents or latents beyond 32-bit integers; its "
-                "weights (or the input) are broken"
-            )
-        self.hasher.update(symbols.astype("<i4", copy=False).tobytes())
-        outside = np.flatnonzero(symbols != coded)
-        if outside.size:
-            # An escape stores how far beyond its table edge a latent lies (> 0: above the
-            # largest symbol, < 0: below the smallest); the symbol coded is that edge.
-            excess = symbols[outside].astype(np.int64) - coded[outside]
-            self.escapes.append((self.position + outside, excess))
-        # BufferedRansEncoder only buffers here; flush() codes everything, in reverse.
-        self.encoder.encode_with_indexes(
-            coded.tolist(), rows.tolist(), self.tables.cdfs, self.tables.sizes, self.tables.offsets
-        )
-        self.position += symbols.size
-
-    def flush(self) -> bytes:
-        return self.encoder.flush()
-
-
-class _SymbolReader:
-    """Decodes one latent's symbols in coding order from a padded rANS stream, applies escapes."""
-
-    def __init__(
-        self,
-        stream: bytes,
-        count: int,
-        tables: _RansTables,
-        hasher: Any,
-        escapes: tuple[np.ndarray, np.ndarray],
-        start: int,
-    ) -> None:
-        self.tables, self.hasher, self.escapes = tables, hasher, escapes
-        self.position, self.end = start, start + count
-        self.decoder = RansDecoder()
-        # Without bypass symbols, decoding reads the 8-byte state and at most one 32-bit word per
-        # symbol: a buffer of 8 + 4·count bytes can never be overrun, whatever the stream holds.
-        self.decoder.set_stream(stream + bytes(max(0, 8 + 4 * count - len(stream))))
-
-    def take(self, indexes: np.ndarray) -> np.ndarray:
-        n = indexes.size
-        if self.position + n > self.end:
-            raise RuntimeError("decoder asked for more symbols than the stream holds")
-        decoded = self.decoder.decode_stream(
-            indexes.tolist(), self.tables.cdfs, self.tables.sizes, self.tables.offsets
-        )
-        values = np.fromiter(decoded, dtype=np.int64, count=n)
-        positions, excess = self.escapes
-        a, b = np.searchsorted(positions, [self.position, self.position + n])
-        if b > a:
-            local = positions[a:b] - self.position
-            beyond = excess[a:b]
-            low, high = self.tables.low[indexes[local]], self.tables.high[indexes[local]]
-            edge = np.where(beyond > 0, high, low)
-            if not (values[local] == edge).all():
-                raise DecodeMismatchError(
-                    "decoded latents disagree with the escaped values of the file: the decoder "
-                    "lost synchronization with the encoder; no image is returned"
-                )
-            values[local] = edge + beyond
-        self.hasher.update(values.astype("<i4").tobytes())
-        self.position += n
-        return values
-
-
-def _check_rans_stream(stream: bytes, count: int, name: str) -> None:
-    # A flushed stream is whole 32-bit words, starts with a state >= 2^31 and, without bypass
-    # symbols, carries at most 16 bits per symbol plus the state.
-    if len(stream) < 8 or len(stream) % 4:
-        raise CorruptBitstreamError(
-            f"{name} stream of {len(stream)} bytes is not a rANS stream (expected a multiple of "
-            "4, at least 8)"
-        )
-    if int.from_bytes(stream[:8], "little") < _RANS_STATE_MIN:
-        raise CorruptBitstreamError(f"{name} stream starts with an invalid rANS state")
-    if len(stream) > 2 * count + 16:
-        raise CorruptBitstreamError(
-            f"{name} stream of {len(stream)} bytes is longer than {count} symbols can be"
-        )
-
-
-def _pack_escapes(escapes: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """The ESCAPES stream: zlib of n u32 position deltas, then n i32 excesses (columns of small
-    numbers compress to ~2-3 bytes per escape)."""
-    if not escapes:
-        return b""
-    positions = np.concatenate([p for p, _ in escapes])
-    excess = np.concatenate([e for _, e in escapes])
-    deltas = np.diff(positions, prepend=0)
-    return zlib.compress(deltas.astype("<u4").tobytes() + excess.astype("<i4").tobytes(), 9)
-
-
-def _parse_escapes(stream: bytes | None, total: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, excesses) of the ESCAPES stream, validated; empty arrays without one."""
-    if stream is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(stream, 8 * total + 1)  # bounded: no zip bomb
-    except zlib.error as err:
-        raise CorruptBitstreamError(f"escape stream is not valid zlib data ({err})") from None
-    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
-        raise CorruptBitstreamError("escape stream does not end where its zlib data ends")
-    count = len(raw) // 8
-    if len(raw) % 8 or not 0 < count <= total:
-        raise CorruptBitstreamError(
-            f"escape stream of {len(raw)} bytes: expected 1..{total} entries of 8 bytes"
-        )
-    deltas = np.frombuffer(raw, "<u4", count).astype(np.int64)
-    excess = np.frombuffer(raw, "<i4", count, offset=4 * count).astype(np.int64)
-    positions = np.cumsum(deltas)
-    if (deltas[1:] == 0).any() or positions[-1] >= total:
-        raise CorruptBitstreamError(f"escape positions are not increasing positions below {total}")
-    if (excess == 0).any():
-        raise CorruptBitstreamError("escape with a value inside its table")
-    return positions, excess
-
-
-# ---------------------------------------------------------------------------- images
-
-
-def read_image(path: str | os.PathLike[str], limits: Limits | None = None) -> Image.Image:
-    """Open an image file for coding (fully loaded, EXIF orientation applied).
-
-    Raises:
-        FileAccessError: the file cannot be opened.
-        ImageError: not an image Pillow reads, damaged, several frames, or too large.
-    """
-    limits = limits or Limits()
-    try:
-        image = Image.open(path)
-    except FileNotFoundError:
-        raise FileAccessError(f"cannot read {str(path)!r}: no such file") from None
-    except IsADirectoryError:
-        raise FileAccessError(f"cannot read {str(path)!r}: it is a directory") from None
-    except PermissionError:
-        raise FileAccessError(f"cannot read {str(path)!r}: permission denied") from None
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"{str(path)!r}: {err}") from None
-    except (Image.UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageError(f"{str(path)!r} is not an image Pillow can read ({err})") from None
-    with image:
-        _check_image_size(image.width, image.height, limits, str(path))
-        if getattr(image, "n_frames", 1) > 1:
-            raise ImageError(
-                f"{str(path)!r} has {image.n_frames} frames; the codec codes one still image "
-                "(extract a frame first)"
-            )
-        try:
-            image.load()
-            return ImageOps.exif_transpose(image)
-        except (OSError, ValueError, SyntaxError) as err:
-            raise ImageError(f"{str(path)!r} is damaged or truncated ({err})") from None
-
-
-def _check_image_size(width: int, height: int, limits: Limits, name: str = "image") -> None:
-    if not (0 < width <= limits.max_side and 0 < height <= limits.max_side):
-        raise ImageError(f"{name} of {width}x{height} pixels: sides must be 1..{limits.max_side}")
-    if width * height > limits.max_pixels:
-        raise ImageError(
-            f"{name} of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels"
-        )
-
-
-def _planes(image: Image.Image) -> tuple[np.ndarray, ImageMode, np.ndarray | None]:
-    """8-bit RGB planes ``[H, W, 3]``, the mode to restore, and the alpha plane if any."""
-    mode = image.mode
-    if mode in _HIGH_DEPTH_MODES:
-        raise ImageError(
-            f"image mode {mode!r} has more than 8 bits per sample; the codec codes 8-bit images "
-            "(convert to 8-bit RGB or L first)"
-        )
-    if mode == "1":
-        image = image.convert("L")
-    elif mode in ("P", "PA"):
-        has_alpha = mode == "PA" or "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
-    elif mode == "RGBa":
-        image = image.convert("RGBA")
-    elif mode == "La":
-        image = image.convert("LA")
-    elif mode in ("CMYK", "YCbCr", "RGBX"):
-        image = image.convert("RGB")
-    if image.mode not in ("RGB", "L", "RGBA", "LA"):
-        raise ImageError(
-            f"image mode {image.mode!r} is not supported; expected RGB, L, RGBA, LA, P, 1, CMYK "
-            "or YCbCr"
-        )
-    restore = ImageMode[image.mode]
-    alpha = np.asarray(image.getchannel("A")) if restore.has_alpha else None
-    rgb = np.asarray(image.convert("RGB"))
-    return rgb, restore, alpha
-
-
-def _restore(x_hat: torch.Tensor, header: Header, alpha: np.ndarray | None) -> Image.Image:
-    """Crop the decoded ``[1, 3, H, W]`` and turn it into an image of the original mode."""
-    x = x_hat[0, :, : header.height, : header.width]
-    if header.mode in (ImageMode.L, ImageMode.LA):
-        # The three decoded planes of a gray image differ slightly; their mean is the best gray.
-        x = x.mean(dim=0, keepdim=True)
-    pixels = x.mul(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    if alpha is not None:
-        pixels = np.concatenate([pixels, alpha[:, :, None]], axis=2)
-    if pixels.shape[2] == 1:
-        pixels = pixels[:, :, 0]
-    image = Image.fromarray(np.ascontiguousarray(pixels))
-    if image.mode != header.mode.name:
-        raise AssertionError(f"restored mode {image.mode} instead of {header.mode.name}")
-    return image
-
-
-def _pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate the last row and column up to multiples of ``multiple`` (cheaper to code than
-    zeros: the padding continues the image instead of adding an edge)."""
-    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x
+    """Row of the y table for each scale (:meth:`GeneralizedGaussian.build_indexes`); the one
+    place where encoder and decoder ask for it."""
+    return model.entropy_estimation.build_indexes(scales)
 
 
 # ---------------------------------------------------------------------------- the codec
@@ -645,28 +148,15 @@ class _CodedLatents:
     z_shape: tuple[int, int, int]
 
 
-def _registry_name(model: torch.nn.Module) -> str:
-    from .registry import _MODELS, available_models
-
-    available_models()  # registers the built-in models
-    names = [name for name, cls in _MODELS.items() if cls is type(model)]
-    if len(names) != 1:
-        raise ValueError(
-            f"cannot tell the registry name of a {type(model).__qualname__} "
-            f"(candidates: {names}); pass model_id"
-        )
-    return names[0]
-
-
 class ImageCodec:
     """Codes images to ``.hpcm`` bytes and back with one model.
 
     The rANS tables and the model's hashes are prepared once, at construction: build a new codec
     after changing the weights. The model's rANS tables are built with ``model.update()`` if they
     are empty. Coding runs on the model's device, in eval mode, under
-    :func:`deterministic_coding`: everything that decides the coded bits (``g_a``, the
-    hyperprior, the 11-step context model) runs in IEEE float32 with deterministic kernels, so
-    encoder and decoder compute identical entropy parameters.
+    :func:`~hpcm_models.devices.deterministic_coding`: everything that decides the coded bits
+    (``g_a``, the hyperprior, the 11-step context model) runs in IEEE float32 with deterministic
+    kernels, so encoder and decoder compute identical entropy parameters.
 
     On CUDA the network part of coding is launch-bound (~1,000 small kernels per image), so the
     codec records it in CUDA graphs per padded image size (:class:`~hpcm_models.acceleration.
@@ -713,16 +203,14 @@ class ImageCodec:
             raise ValueError(f"expected cuda_graphs None, True or False, got {cuda_graphs!r}")
         check_precision(synthesis)
         self.model = model
-        self.model_id = model_id if model_id is not None else _registry_name(model)
+        self.model_id = model_id if model_id is not None else registered_name(model)
         self.limits = limits or Limits()
         self.cuda_graphs = cuda_graphs
         self.synthesis = synthesis
-        if model.offset_y.numel() == 0 or model.offset_z.numel() == 0:
+        ggm = model.entropy_estimation
+        if ggm.offset_y.numel() == 0 or ggm.offset_z.numel() == 0:
             model.update()
-        self._tables = {
-            "z": _RansTables.from_model(model, "z"),
-            "y": _RansTables.from_model(model, "y"),
-        }
+        self._tables = {latent: ggm.rans_tables(latent, escapes=False) for latent in ("z", "y")}
         self.weights_hash = weights_hash(model)
         self.config_hash = config_hash(model, self.model_id)
         self._graphs = RecentGraphs(self.MAX_GRAPHS)
@@ -771,16 +259,16 @@ class ImageCodec:
         """:meth:`encode`, also returning the header and ŷ (for tests and tools)."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL.Image.Image, got {type(image).__qualname__}")
-        _check_image_size(image.width, image.height, self.limits)
-        rgb, mode, alpha = _planes(image)
+        check_image_size(image.width, image.height, self.limits)
+        rgb, mode, alpha = image_planes(image)
         height, width = rgb.shape[:2]
         x = torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))[None]
         x = x.to(self.device, torch.float32)
         # Contiguous NCHW (padding a 1x1 image gives channels-last strides): a channels-last
         # input would propagate through every layer, and the schedule's views need NCHW.
-        x = _pad(x.div_(255), self.model.INPUT_MULTIPLE).contiguous()
+        x = pad_to_multiple(x.div_(255), self.model.INPUT_MULTIPLE).contiguous()
         with self._coding():
-            coded = self._encode_latents(x, _latent_hasher(width, height, mode))
+            coded = self._encode_latents(x, latent_hasher(width, height, mode))
         streams = [(StreamKind.Z, coded.z_stream), (StreamKind.Y, coded.y_stream)]
         if coded.escape_count:
             streams.append((StreamKind.ESCAPES, coded.escape_stream))
@@ -819,7 +307,7 @@ class ImageCodec:
 
     def _encoder_tensors(self, x: torch.Tensor, split: Split) -> torch.Tensor:
         """The encoder's network part; returns ŷ. Hands the entropy coder z's symbols, then each
-        coding step's, through ``split(symbols, None)`` (see :func:`_coded_symbols`), so with
+        coding step's, through ``split(symbols, None)`` (see :func:`device_symbols`), so with
         CUDA graphs the host codes step k while the GPU computes step k + 1."""
         model = self.model
         z_low, z_high = self._table_ranges("z")
@@ -830,7 +318,7 @@ class ImageCodec:
         z_q = torch.round(z - model.means_hyper) + 0.0
         N, zh, zw = z_q.shape[1:]
         z_rows = torch.arange(N, device=x.device).view(N, 1).expand(N, zh * zw).reshape(-1)
-        split(_coded_symbols(z_q, z_rows, z_low, z_high), None)
+        split(device_symbols(z_q, z_rows, z_low, z_high), None)
         params = model.h_s(z_q + model.means_hyper)
         y_s2 = geo.split_s2(y)
         latents = {1: geo.split_s1(y_s2), 2: y_s2, 3: y}
@@ -838,19 +326,19 @@ class ImageCodec:
         def encode(step: Any) -> torch.Tensor:
             quantized = torch.round(step.select(latents[step.stage]) - step.means) + 0.0
             rows = _scale_indexes(model, step.scales)
-            split(_coded_symbols(quantized, rows, y_low, y_high), None)
+            split(device_symbols(quantized, rows, y_low, y_high), None)
             return quantized
 
         return model.run_schedule(params, encode)
 
     def _encode_latents(self, x: torch.Tensor, hasher: Any) -> _CodedLatents:
         escapes: list[tuple[np.ndarray, np.ndarray]] = []
-        writers: list[_SymbolWriter] = [_SymbolWriter(self._tables["z"], hasher, escapes, 0)]
+        writers: list[SymbolWriter] = [SymbolWriter(self._tables["z"], hasher, escapes, 0)]
 
         def consume(k: int, outputs: tuple[torch.Tensor, ...]) -> None:
             if k == 1:
                 start = writers[0].position
-                writers.append(_SymbolWriter(self._tables["y"], hasher, escapes, start))
+                writers.append(SymbolWriter(self._tables["y"], hasher, escapes, start))
             symbols, coded, rows, broken = (t.numpy() for t in outputs)
             writers[min(k, 1)].add(symbols, coded, rows, bool(broken[0]))
 
@@ -871,7 +359,7 @@ class ImageCodec:
         return _CodedLatents(
             z_stream=z_writer.flush(),
             y_stream=y_writer.flush(),
-            escape_stream=_pack_escapes(escapes),
+            escape_stream=pack_escapes(escapes),
             escape_count=sum(p.size for p, _ in escapes),
             latent_hash=hasher.digest(),
             y_hat=y_hat,
@@ -946,15 +434,15 @@ class ImageCodec:
         by_kind = dict(zip(header.stream_kinds, streams, strict=True))
         z_count = int(np.prod(header.z_shape))
         y_count = int(np.prod(header.y_shape))
-        _check_rans_stream(by_kind[StreamKind.Z], z_count, "z")
-        _check_rans_stream(by_kind[StreamKind.Y], y_count, "y")
-        escapes = _parse_escapes(by_kind.get(StreamKind.ESCAPES), z_count + y_count)
+        check_rans_stream(by_kind[StreamKind.Z], z_count, "z")
+        check_rans_stream(by_kind[StreamKind.Y], y_count, "y")
+        escapes = parse_escapes(by_kind.get(StreamKind.ESCAPES), z_count + y_count)
         alpha = None
         if header.mode.has_alpha:
             alpha = _inflate_alpha(by_kind[StreamKind.ALPHA], header.width, header.height)
         with self._coding():
             y_hat, x_hat = self._decode_latents(header, by_kind, escapes, z_count, y_count)
-        return DecodedImage(_restore(x_hat, header, alpha), header, y_hat, x_hat)
+        return DecodedImage(restore_image(x_hat, header, alpha), header, y_hat, x_hat)
 
     def _decode_latents(
         self,
@@ -965,14 +453,14 @@ class ImageCodec:
         y_count: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _model, device = self.model, self.device
-        hasher = _latent_hasher(header.width, header.height, header.mode)
+        hasher = latent_hasher(header.width, header.height, header.mode)
         N, zh, zw = header.z_shape
-        z_reader = _SymbolReader(
+        z_reader = SymbolReader(
             streams[StreamKind.Z], z_count, self._tables["z"], hasher, escapes, 0
         )
         z_values = z_reader.take(np.repeat(np.arange(N), zh * zw))
         z_q = torch.from_numpy(z_values.astype(np.float32)).view(1, N, zh, zw).to(device)
-        y_reader = _SymbolReader(
+        y_reader = SymbolReader(
             streams[StreamKind.Y], y_count, self._tables["y"], hasher, escapes, z_count
         )
 
@@ -1040,352 +528,3 @@ def encode_image(model: HPCM, image: Image.Image, *, model_id: str | None = None
 def decode_image(model: HPCM, data: bytes, *, model_id: str | None = None) -> Image.Image:
     """Decompress one ``.hpcm`` file with ``model`` (see :class:`ImageCodec`)."""
     return ImageCodec(model, model_id).decode(data)
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _unwrap_checkpoint(obj: Any, path: str) -> tuple[dict[str, Any], str | None, Any]:
-    """(state dict, model name or None, model kwargs or None) of any supported checkpoint."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        return dict(obj["model"]), obj.get("model_name"), obj.get("model_kwargs")
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        return dict(obj["state_dict"]), None, None  # CompressAI's examples/train.py
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return dict(obj), None, None
-    keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-    raise CheckpointError(
-        f"{path!r} holds no model state dict (expected a state dict, or a dict with 'model' or "
-        f"'state_dict'; found {keys})"
-    )
-
-
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    model_name: str | None = None,
-    *,
-    device: str | torch.device = "cpu",
-    model_kwargs: Mapping[str, Any] | None = None,
-) -> HPCM:
-    """Build a model from a checkpoint, ready to code (eval mode, rANS tables built).
-
-    Reads (with ``torch.load(weights_only=True)``):
-
-    * the authors' raw state dicts (``HPCM_Base_0.0018.pth.tar``), M and N read from the weights;
-    * our training checkpoints ``{"model": state_dict, "model_name": str, "model_kwargs": dict,
-      ...}`` (``model_kwargs`` in JSON form: a ``"config"`` entry is a dict of HPCMConfig fields);
-    * CompressAI training checkpoints ``{"state_dict": ..., ...}``.
-
-    A ``module.`` prefix (DataParallel) is removed; missing rANS tables are fine. The tables are
-    always rebuilt from the weights (``update(force=True)``, with the checkpoint's scale table if
-    it has one), so they match the weights.
-
-    Args:
-        path: the checkpoint file.
-        model_name: registry name; required unless the checkpoint names its model (and must agree
-            with it if it does).
-        device: where the model goes.
-        model_kwargs: constructor kwargs (JSON form) for checkpoints that carry none; M and N are
-            read from the weights if absent.
-
-    Raises:
-        CheckpointError: unreadable file, unknown or mismatching model, missing/unexpected keys
-            (named), wrong shapes.
-    """
-    from .registry import available_models
-    from .training import model_kwargs_from_json
-
-    path_str = str(path)
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path_str!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged or unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path_str!r}: {_one_line(err)}") from None
-    state, saved_name, saved_kwargs = _unwrap_checkpoint(obj, path_str)
-    if model_name is not None and saved_name is not None and model_name != saved_name:
-        raise CheckpointError(
-            f"checkpoint {path_str!r} holds a {saved_name!r} model, not {model_name!r}"
-        )
-    name = model_name or saved_name
-    if name is None:
-        raise CheckpointError(
-            f"checkpoint {path_str!r} does not say which model it holds; name it (--model)"
-        )
-    if name not in available_models():
-        raise CheckpointError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    if (
-        saved_kwargs is not None
-        and model_kwargs is not None
-        and dict(model_kwargs) != dict(saved_kwargs)
-    ):
-        raise CheckpointError(
-            f"checkpoint {path_str!r} was saved with model kwargs {dict(saved_kwargs)}, "
-            f"which differ from the given {dict(model_kwargs)}"
-        )
-    kwargs_json = dict(saved_kwargs if saved_kwargs is not None else (model_kwargs or {}))
-    try:
-        kwargs = model_kwargs_from_json(name, kwargs_json)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"bad model kwargs {kwargs_json}: {err}") from None
-
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    for key in CODING_BUFFERS:  # built by update() below
-        state.setdefault(key, torch.empty(0))
-    from .registry import _MODELS
-
-    cls = _MODELS[name]
-    if not (isinstance(cls, type) and issubclass(cls, HPCM)):
-        raise CheckpointError(f"model {name!r} is not an HPCM model; the codec cannot code it")
-    M, N = kwargs.pop("M", None), kwargs.pop("N", None)
-    try:
-        model = cls.from_state_dict(state, **kwargs)
-    except CheckpointError:
-        raise
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise CheckpointError(
-            f"checkpoint {path_str!r} does not fit {name}: {_one_line(err)}"
-        ) from None
-    for key, want, have in (("M", M, model.M), ("N", N, model.N)):
-        if want is not None and want != have:
-            raise CheckpointError(f"model kwargs say {key}={want}, the weights have {key}={have}")
-    model.eval()
-    scale_table = model.scale_table if model.scale_table.numel() else None
-    try:
-        model.update(scale_table=scale_table, force=True)
-    except ValueError as err:
-        raise CheckpointError(f"checkpoint {path_str!r} has a bad scale table: {err}") from None
-    return model.to(resolve_device(device))
-
-
-def random_model(
-    model_name: str, *, seed: int = 0, device: str | torch.device = "cpu", **model_kwargs: Any
-) -> HPCM:
-    """A model with freshly initialized weights (``torch.manual_seed(seed)``), ready to code.
-
-    For demos and tests only: it does not compress well. The global RNG state is left untouched.
-    ``model_kwargs`` are in JSON form (see :func:`load_checkpoint`).
-    """
-    from .registry import get_model
-    from .training import model_kwargs_from_json
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = get_model(model_name, **model_kwargs_from_json(model_name, model_kwargs))
-    if not isinstance(model, HPCM):
-        raise ValueError(f"model {model_name!r} is not an HPCM model; the codec cannot code it")
-    model.eval()
-    model.update()
-    return model.to(resolve_device(device))
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in the same directory, then rename it over ``path``: an
-    error leaves neither a partial file nor the temporary behind."""
-    directory = path.parent
-    if not directory.is_dir():
-        raise FileAccessError(f"cannot write {str(path)!r}: directory {str(directory)!r} missing")
-    for _ in range(100):
-        tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise FileAccessError(f"cannot write {str(path)!r}: {err.strerror}") from None
-    else:  # pragma: no cover - 100 random collisions
-        raise FileAccessError(f"cannot create a temporary file next to {str(path)!r}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, FileAccessError):
-            raise FileAccessError(f"cannot write {str(path)!r}: {err}") from None
-        raise
-
-
-def _output_format(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext in OUTPUT_FORMATS:
-        return OUTPUT_FORMATS[ext]
-    supported = ", ".join(OUTPUT_FORMATS)
-    if ext in _LOSSY_EXTENSIONS:
-        raise ImageError(
-            f"refusing to write {str(path)!r}: {ext} is a lossy format and would distort the "
-            f"decoded image again; use a lossless one ({supported})"
-        )
-    raise ImageError(f"cannot write {str(path)!r}: unknown image extension; use {supported}")
-
-
-def _save_image(image: Image.Image, f: BinaryIO, fmt: str) -> None:
-    options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
-    try:
-        image.save(f, format=fmt, **options)
-    except (OSError, ValueError, KeyError) as err:
-        raise ImageError(f"cannot write a {image.mode} image as {fmt}: {err}") from None
-
-
-def _check_format_keeps(mode: str, fmt: str) -> None:
-    """Refuse a format that cannot store ``mode`` or would silently drop its alpha (Pillow writes
-    RGBA as PPM or BMP without alpha). Gray stored as RGB (WebP) keeps every value: allowed."""
-    buffer = io.BytesIO()
-    _save_image(Image.new(mode, (1, 1)), buffer, fmt)
-    buffer.seek(0)
-    with Image.open(buffer) as back:
-        if "A" in mode and "A" not in back.mode:
-            raise ImageError(
-                f"{fmt} cannot store the alpha channel of a {mode} image; use .png, .tif or .webp"
-            )
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _read_bytes(path: Path, limit: int) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise LimitExceededError(f"{str(path)!r} has {size} bytes; the limit is {limit}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise FileAccessError(f"cannot read {str(path)!r}: no such file") from None
-    except IsADirectoryError:
-        raise FileAccessError(f"cannot read {str(path)!r}: it is a directory") from None
-    except PermissionError:
-        raise FileAccessError(f"cannot read {str(path)!r}: permission denied") from None
-
-
-@dataclass(frozen=True)
-class _CodingReport:
-    """What a file-level coding call did. ``bpp`` counts the whole file; ``seconds`` the coding."""
-
-    source: Path
-    target: Path
-    width: int
-    height: int
-    mode: str
-    num_bytes: int
-    bpp: float
-    seconds: float
-    model_id: str
-    device: str
-
-    _verb: ClassVar[str] = "code"
-
-    def summary(self) -> str:
-        return (
-            f"{self.source} -> {self.target}: {self.width}x{self.height} {self.mode}, "
-            f"{self.num_bytes} bytes, {self.bpp:.4f} bpp ({self.model_id} on {self.device}, "
-            f"{self._verb} {self.seconds:.2f} s)"
-        )
-
-
-class CompressReport(_CodingReport):
-    """What :func:`compress_file` did. ``bpp`` counts the whole file; ``seconds`` the encoding."""
-
-    _verb = "encode"
-
-
-class DecompressReport(_CodingReport):
-    """What :func:`decompress_file` did. ``bpp`` counts the whole file; ``seconds`` the decoding."""
-
-    _verb = "decode"
-
-
-def compress_file(
-    source: str | os.PathLike[str],
-    target: str | os.PathLike[str],
-    model: HPCM | Callable[[], HPCM],
-    *,
-    model_id: str | None = None,
-    limits: Limits | None = None,
-) -> CompressReport:
-    """Compress an image file into a ``.hpcm`` file (written atomically).
-
-    Args:
-        source: any image Pillow reads (one frame).
-        target: the file to write; nothing is written on error.
-        model: the model, or a function that builds it (called after the image was read, so a bad
-            image fails before a checkpoint is loaded).
-        model_id: registry name, if it cannot be found from the model's class.
-    """
-    source, target = Path(source), Path(target)
-    if _same_file(source, target):
-        raise FileAccessError(f"refusing to overwrite the input {str(source)!r}")
-    image = read_image(source, limits)
-    _planes(image)  # fail on an unsupported mode before loading a model
-    codec = ImageCodec(model if isinstance(model, HPCM) else model(), model_id, limits=limits)
-    start = time.perf_counter()
-    data = codec.encode(image)
-    seconds = time.perf_counter() - start
-    _write_atomic(target, lambda f: f.write(data))
-    return CompressReport(
-        source, target, image.width, image.height, image.mode, len(data),
-        8 * len(data) / (image.width * image.height), seconds, codec.model_id, str(codec.device),
-    )  # fmt: skip
-
-
-def decompress_file(
-    source: str | os.PathLike[str],
-    target: str | os.PathLike[str],
-    model: HPCM | Callable[[Header], HPCM],
-    *,
-    limits: Limits | None = None,
-) -> DecompressReport:
-    """Decompress a ``.hpcm`` file into an image file (format by extension, lossless only).
-
-    Args:
-        source: the ``.hpcm`` file.
-        target: the image to write (``.png`` recommended); nothing is written on error.
-        model: the model, or a function ``header -> model`` (called after the file was validated,
-            so a damaged file fails before a checkpoint is loaded).
-
-    Raises:
-        BitstreamError: damaged file, other weights, desynchronized decoder (subclasses).
-        ImageError: the output format cannot hold the image (e.g. RGBA as .ppm).
-    """
-    source, target = Path(source), Path(target)
-    limits = limits or Limits()
-    fmt = _output_format(target)
-    if _same_file(source, target):
-        raise FileAccessError(f"refusing to overwrite the input {str(source)!r}")
-    if not target.parent.is_dir():
-        raise FileAccessError(f"cannot write {str(target)!r}: directory missing")
-    data = _read_bytes(source, limits.max_file_bytes)
-    header, _ = read_container(data, limits)
-    _check_format_keeps(header.mode.name, fmt)
-    resolved = model if isinstance(model, HPCM) else model(header)
-    with contextlib.suppress(ValueError):  # an unregistered class: the config hash decides
-        if _registry_name(resolved) != header.model_id:
-            raise WeightsMismatchError(
-                f"the file was encoded with model {header.model_id!r}, not "
-                f"{_registry_name(resolved)!r}"
-            )
-    codec = ImageCodec(resolved, header.model_id, limits=limits)
-    start = time.perf_counter()
-    image = codec.decode(data)
-    seconds = time.perf_counter() - start
-    _write_atomic(target, lambda f: _save_image(image, f, fmt))
-    return DecompressReport(
-        source, target, image.width, image.height, image.mode, len(data),
-        8 * len(data) / (image.width * image.height), seconds, codec.model_id, str(codec.device),
-    )  # fmt: skip

@@ -94,9 +94,9 @@ class Header:
 
     Attributes:
         model_id: registry name of the model (``hpcm_models.get_model``), 1..255 ASCII bytes.
-        weights_hash: hash of the learned weights (see :func:`hpcm_models.codec.weights_hash`).
+        weights_hash: hash of the learned weights (see :func:`hpcm_models.hashes.weights_hash`).
         config_hash: hash of the architecture and the rANS tables
-            (see :func:`hpcm_models.codec.config_hash`).
+            (see :func:`hpcm_models.hashes.config_hash`).
         width, height: size of the original image.
         mode: how to restore the original image mode.
         padded_width, padded_height: size the model coded (edge-replicated to a multiple).

@@ -1,7 +1,7 @@
 """``hpcm demo``: every model, a real compress → decompress round trip on bundled photos.
 
-Builds HPCM-Base, HPCM-Large and the four RWKV phases (random weights unless trained checkpoints
-are given), codes each bundled photo to an ``.hpcm`` bitstream through
+Builds HPCM-Base, HPCM-Large and the RWKV variants (random weights unless trained checkpoints are
+given), codes each bundled photo to an ``.hpcm`` bitstream through
 :class:`hpcm_models.codec.ImageCodec`, decodes it, and reports the size, the quality, the timings
 and whether the decoder rebuilt exactly the encoder's latents.
 """
@@ -122,8 +122,10 @@ def run_demo(
         seed: seed of the random weights (the same seed gives the same weights and bitstreams).
         quick: small models (:data:`QUICK_MODEL_KWARGS`) instead of M=320, N=256.
     """
-    from .codec import ImageCodec, load_checkpoint, random_model, read_image
+    from .checkpoints import load_checkpoint, random_model
+    from .codec import ImageCodec
     from .evaluation import evaluate_image, mean_point
+    from .image_io import read_image
 
     paths = [Path(p) for p in images] if images else [bundled_image(n) for n in DEMO_IMAGES]
     pictures = [(p.name, read_image(p)) for p in paths]

@@ -9,25 +9,54 @@ grid:
 
 with P the regularized lower incomplete gamma function, α the scale (bounded below by 0.12) and
 p bounded below by 1e-9. Entropy coding uses CompressAI's rANS with one quantized CDF per entry of
-a scale table, as CompressAI's ``GaussianConditional`` does for Gaussians.
+a scale table, as CompressAI's ``GaussianConditional`` does for Gaussians: the entropy model owns
+those tables (:meth:`GeneralizedGaussian.update`), maps scales to table rows
+(:meth:`~GeneralizedGaussian.build_indexes`) and hands the tables to the coder
+(:meth:`~GeneralizedGaussian.rans_tables`, :class:`RansTables`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import scipy.stats
 import torch
 from compressai._CXX import pmf_to_quantized_cdf
 from compressai.ops import LowerBound
 from torch import nn
 
+from .errors import CheckpointError
+
 __all__ = [
+    "CODING_BUFFERS",
+    "RANS_PRECISION",
     "GeneralizedGaussian",
+    "RansTables",
     "default_scale_table",
     "generalized_gaussian_cdf",
     "generalized_gaussian_cdf_reference",
 ]
+
+#: The rANS tables of :class:`GeneralizedGaussian`, in the order and under the names that HPCM's
+#: state dict (and the official checkpoints) give them: the scale table, then for the
+#: hyper-latent ``z`` (one row per channel) and the latent ``y`` (one row per scale-table entry)
+#: the quantized CDFs, their lengths and the offsets of their first symbols.
+CODING_BUFFERS: tuple[str, ...] = (
+    "scale_table",
+    "quantized_cdf_z",
+    "cdf_length_z",
+    "offset_z",
+    "quantized_cdf_y",
+    "cdf_length_y",
+    "offset_y",
+)
+
+#: Bits of the quantized CDFs: CompressAI's rANS (ryg_rans, 64-bit state) codes 16-bit frequencies.
+RANS_PRECISION = 16
+_RANS_TOTAL = 1 << RANS_PRECISION
 
 # The scale table of the official test script: 60 log-spaced scales from 0.12 to 64.
 SCALE_TABLE_MIN = 0.12
@@ -80,11 +109,78 @@ def generalized_gaussian_cdf_reference(u: torch.Tensor, beta: torch.Tensor) -> t
     return (1 + torch.sign(u) * torch.special.gammainc(1 / beta, torch.abs(u) ** beta)) / 2
 
 
-class GeneralizedGaussian(nn.Module):
-    """Discretized zero-mean generalized Gaussian likelihoods (the official ``GGM``).
+@dataclass(frozen=True)
+class RansTables:
+    """One latent's rANS tables as CompressAI's coder takes them, and each row's symbol range.
 
-    Buffers (saved in checkpoints): ``beta`` [1], ``scale_lower_bound.bound`` [1],
-    ``likelihood_lower_bound.bound`` [1].
+    Row ``i`` has ``sizes[i]`` CDF entries and codes the symbols ``offsets[i] + j``; the regular
+    symbols are ``low[i] … high[i]``, and the last symbol of a row (``high[i] + 1``) is the escape
+    ("bypass") symbol of values outside that range.
+
+    :meth:`from_model` builds escape-free tables: the escape's frequency goes to the last regular
+    symbol (``cdf[n-2] = 2^16``), so a decoder can never enter bypass decoding, whose reads are
+    unbounded on garbage; escaped values travel in a stream of their own instead
+    (:mod:`hpcm_models.rans`). Costs at most 2^-16 of probability mass per row.
+    """
+
+    cdfs: list[list[int]]
+    sizes: list[int]
+    offsets: list[int]
+    low: np.ndarray  # int64 [rows]: smallest regular symbol
+    high: np.ndarray  # int64 [rows]: largest regular symbol
+
+    @classmethod
+    def from_model(cls, model: Any, latent: str) -> RansTables:
+        """Escape-free tables of ``latent`` (``"z"`` or ``"y"``), validated row by row, from any
+        object holding the tables (a :class:`GeneralizedGaussian`, or an HPCM model).
+
+        Raises:
+            CheckpointError: empty or malformed tables (the C++ coder trusts its tables).
+        """
+        cdf = getattr(model, f"quantized_cdf_{latent}").detach().to("cpu", torch.int64)
+        lengths = getattr(model, f"cdf_length_{latent}").detach().to("cpu", torch.int64).flatten()
+        offsets = getattr(model, f"offset_{latent}").detach().to("cpu", torch.int64).flatten()
+        rows = cdf.shape[0] if cdf.dim() == 2 else -1
+        if rows < 1 or lengths.numel() != rows or offsets.numel() != rows:
+            raise CheckpointError(
+                f"rANS tables of {latent} are malformed: quantized_cdf_{latent} "
+                f"{list(cdf.shape)}, cdf_length_{latent} {list(lengths.shape)}, "
+                f"offset_{latent} {list(offsets.shape)}"
+            )
+        cdfs, sizes = [], []
+        for i, n in enumerate(lengths.tolist()):
+            row = cdf[i, :n].tolist() if 4 <= n <= cdf.shape[1] else []
+            valid = (
+                len(row) == n
+                and row[0] == 0
+                and row[-1] == _RANS_TOTAL
+                and bool((np.diff(row) > 0).all())
+            )
+            if not valid:
+                # The C++ decoder trusts its tables; a malformed row would make it read astray.
+                raise CheckpointError(
+                    f"rANS table row {i} of {latent} is malformed (expected >= 4 strictly "
+                    f"increasing entries from 0 to {_RANS_TOTAL}); rebuild with model.update()"
+                )
+            row[n - 2] = _RANS_TOTAL
+            cdfs.append(row)
+            sizes.append(n)
+        return cls(cdfs, sizes, offsets.tolist(), *_symbol_range(offsets, lengths))
+
+
+def _symbol_range(offsets: torch.Tensor, lengths: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    low = offsets.numpy().astype(np.int64)
+    return low, low + lengths.numpy().astype(np.int64) - 3
+
+
+class GeneralizedGaussian(nn.Module):
+    """Discretized zero-mean generalized Gaussian likelihoods (the official ``GGM``), and its rANS
+    tables.
+
+    Buffers saved in its state dict: ``beta`` [1], ``scale_lower_bound.bound`` [1],
+    ``likelihood_lower_bound.bound`` [1]. The rANS tables (:data:`CODING_BUFFERS`, built by
+    :meth:`update`) are buffers too, but not in this module's state dict: HPCM saves them at the
+    top level of its own, under those names, as the official checkpoints do.
 
     Args:
         beta: shape parameter β (1.5 in HPCM; 2 is a Gaussian, 1 a Laplacian).
@@ -99,6 +195,8 @@ class GeneralizedGaussian(nn.Module):
         self.scale_lower_bound = LowerBound(scale_bound)
         self.likelihood_lower_bound = LowerBound(likelihood_bound)
         self.register_buffer("beta", torch.tensor([float(beta)]))
+        for name in CODING_BUFFERS:
+            self.register_buffer(name, torch.empty(0), persistent=False)
 
     def forward(
         self, inputs: torch.Tensor, scales: torch.Tensor, means: torch.Tensor | None = None
@@ -164,6 +262,98 @@ class GeneralizedGaussian(nn.Module):
             cdf[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
         device = scales.device
         return cdf.to(device), (pmf_length + 2).to(device), (-center).to(device)
+
+    # ------------------------------------------------------------------ rANS tables
+
+    def update(
+        self,
+        hyper_scales: torch.Tensor,
+        scale_table: torch.Tensor | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Build the rANS tables: one CDF per channel of ``z`` (scales ``hyper_scales``) and one
+        per entry of the scale table for ``y``.
+
+        Args:
+            hyper_scales: the hyper-latent's per-channel scales (any shape, one per channel); the
+                tables go to their device.
+            scale_table: increasing positive scales ``[S]``; default :func:`default_scale_table`.
+            force: rebuild even if the tables exist.
+
+        Returns:
+            True if the tables were (re)built.
+
+        Raises:
+            ValueError: for a scale table that is empty, not positive or not increasing.
+        """
+        if self.offset_y.numel() > 0 and not force:
+            return False
+        table = default_scale_table() if scale_table is None else torch.as_tensor(scale_table)
+        table = table.detach().float().flatten()
+        if table.numel() < 1 or not bool((table > 0).all()) or not bool((table.diff() > 0).all()):
+            raise ValueError(f"expected an increasing table of positive scales, got {table}")
+        device = hyper_scales.device
+        cdf_z, length_z, offset_z = self.quantized_cdfs(hyper_scales.detach().flatten())
+        cdf_y, length_y, offset_y = self.quantized_cdfs(table)
+        tables = (table, cdf_z, length_z, offset_z, cdf_y, length_y, offset_y)
+        for name, value in zip(CODING_BUFFERS, tables, strict=True):
+            self.register_buffer(name, value.to(device), persistent=False)
+        return True
+
+    def clear_tables(self) -> None:
+        """Empty the rANS tables (training changes the scales they were built from)."""
+        for name in CODING_BUFFERS:
+            self.register_buffer(name, torch.empty(0, device=self.beta.device), persistent=False)
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """The rANS tables by name (:data:`CODING_BUFFERS`), as stored (empty before
+        :meth:`update`)."""
+        return {name: getattr(self, name) for name in CODING_BUFFERS}
+
+    def set_table(self, name: str, value: torch.Tensor) -> None:
+        """Replace the table ``name`` by a copy of ``value``, whatever its size and integer type
+        (e.g. from a checkpoint), on this module's device."""
+        if name not in CODING_BUFFERS:
+            raise KeyError(f"{name!r} is not a coding table; expected one of {CODING_BUFFERS}")
+        copy = value.detach().to(self.beta.device, copy=True)
+        self.register_buffer(name, copy, persistent=False)
+
+    def build_indexes(self, scales: torch.Tensor) -> torch.Tensor:
+        """Row of the ``y`` table of each scale: the first scale-table entry >= it (the last
+        entry for larger scales); int64, flattened, on the scales' device."""
+        boundaries = self.scale_table[:-1].to(scales)
+        index = torch.bucketize(scales, boundaries).flatten()
+        return index.clamp_(0, self.scale_table.numel() - 1)
+
+    def rans_tables(self, latent: str, *, escapes: bool = True) -> RansTables:
+        """The tables of ``latent`` (``"z"`` or ``"y"``) as the rANS coder takes them.
+
+        Args:
+            latent: ``"z"`` or ``"y"``.
+            escapes: keep CompressAI's escape symbol, coded in bypass mode
+                (:meth:`hpcm_models.HPCM.compress`); ``False``: escape-free and validated
+                (:meth:`RansTables.from_model`, what the ``.hpcm`` codec uses).
+
+        Raises:
+            RuntimeError: the tables are empty (``escapes=True``; call :meth:`update` first).
+            CheckpointError: the tables are empty or malformed (``escapes=False``).
+        """
+        if not escapes:
+            return RansTables.from_model(self, latent)
+        offsets = getattr(self, f"offset_{latent}")
+        if offsets.numel() == 0:
+            raise RuntimeError(
+                "the entropy-coding tables are empty: call model.update() once after loading the "
+                "weights, before compress() or decompress()"
+            )
+        lengths = getattr(self, f"cdf_length_{latent}").reshape(-1).int()
+        offsets = offsets.reshape(-1).int()
+        return RansTables(
+            getattr(self, f"quantized_cdf_{latent}").tolist(),
+            lengths.tolist(),
+            offsets.tolist(),
+            *_symbol_range(offsets.cpu().long(), lengths.cpu().long()),
+        )
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.item()):g}"

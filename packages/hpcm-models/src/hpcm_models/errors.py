@@ -6,6 +6,7 @@ __all__ = [
     "BitstreamError",
     "CheckpointError",
     "CorruptBitstreamError",
+    "DatasetError",
     "DecodeMismatchError",
     "DeviceError",
     "EncodeError",
@@ -14,6 +15,8 @@ __all__ = [
     "ImageError",
     "InputShapeError",
     "LimitExceededError",
+    "ResultsFormatError",
+    "TrainingDivergedError",
     "TruncatedBitstreamError",
     "UnsupportedFormatError",
     "WeightsMismatchError",
@@ -48,6 +51,18 @@ class DeviceError(HPCMError, ValueError):
 class EncodeError(HPCMError):
     """The model produced latents that cannot be coded (non-finite or beyond 32-bit integers):
     its weights or the input are broken."""
+
+
+class DatasetError(HPCMError):
+    """An image folder is missing, empty, or holds no image large enough for the patches."""
+
+
+class TrainingDivergedError(HPCMError):
+    """The loss became NaN or infinite; training stopped without writing a checkpoint."""
+
+
+class ResultsFormatError(HPCMError):
+    """A results file cannot be used: unreadable, not CompressAI's layout, or unusable points."""
 
 
 class BitstreamError(HPCMError):

@@ -27,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import DecodeMismatchError, HPCMError
+from .devices import synchronize
+from .errors import DecodeMismatchError, ResultsFormatError
+from .image_io import read_image
+from .losses import MS_SSIM_MIN_SIDE
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,7 +41,6 @@ __all__ = [
     "BDResult",
     "ImageResult",
     "RDCurve",
-    "ResultsFormatError",
     "bd_psnr",
     "bd_rate",
     "compare_curves",
@@ -53,10 +55,6 @@ __all__ = [
     "results_document",
     "rgb_ms_ssim",
 ]
-
-
-class ResultsFormatError(HPCMError):
-    """A results file cannot be used: unreadable, not CompressAI's layout, or unusable points."""
 
 
 # ---------------------------------------------------------------------------- image metrics
@@ -95,10 +93,6 @@ def psnr(original: torch.Tensor | np.ndarray, decoded: torch.Tensor | np.ndarray
         )
     mse = float((a - b).pow(2).mean())
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
-#: pytorch-msssim's 5-scale MS-SSIM (11-tap window) needs both sides larger than 160 pixels.
-MS_SSIM_MIN_SIDE = 161
 
 
 def rgb_ms_ssim(
@@ -248,6 +242,16 @@ def _mean_gap(
     return float((area2 - area1) / (hi - lo)), float(lo), float(hi)
 
 
+def _log_rates(
+    rates_a: Sequence[float], rates_b: Sequence[float], what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The natural logs of both curves' rates, which must be positive."""
+    for name, rates in (("A", rates_a), ("B", rates_b)):
+        if any(not r > 0 for r in rates):
+            raise ValueError(f"{what}: expected positive rates for curve {name}, got {list(rates)}")
+    return np.log(np.asarray(rates_a, dtype=np.float64)), np.log(np.asarray(rates_b, np.float64))
+
+
 def bd_rate(
     rates_a: Sequence[float],
     quality_a: Sequence[float],
@@ -270,13 +274,9 @@ def bd_rate(
         ValueError: for fewer than 2 points, repeated or non-finite values, non-positive rates,
             or quality ranges that do not overlap.
     """
-    for name, rates in (("A", rates_a), ("B", rates_b)):
-        if any(not r > 0 for r in rates):
-            raise ValueError(
-                f"BD-rate: expected positive rates for curve {name}, got {list(rates)}"
-            )
-    qa, la = _prepare(quality_a, np.log(np.asarray(rates_a, dtype=np.float64)), "BD-rate, curve A")
-    qb, lb = _prepare(quality_b, np.log(np.asarray(rates_b, dtype=np.float64)), "BD-rate, curve B")
+    log_a, log_b = _log_rates(rates_a, rates_b, "BD-rate")
+    qa, la = _prepare(quality_a, log_a, "BD-rate, curve A")
+    qb, lb = _prepare(quality_b, log_b, "BD-rate, curve B")
     gap, _, _ = _mean_gap(qa, la, qb, lb, "BD-rate")
     return 100 * math.expm1(gap)
 
@@ -290,13 +290,9 @@ def bd_psnr(
     """Bjøntegaard delta quality (BD-PSNR for PSNR curves) of B against A, in dB (positive: B is
     better at the same rate): quality interpolated (pchip) over log-rate, mean difference over the
     shared log-rate range. Arguments and errors as for :func:`bd_rate`."""
-    for name, rates in (("A", rates_a), ("B", rates_b)):
-        if any(not r > 0 for r in rates):
-            raise ValueError(
-                f"BD-PSNR: expected positive rates for curve {name}, got {list(rates)}"
-            )
-    la, qa = _prepare(np.log(np.asarray(rates_a, dtype=np.float64)), quality_a, "BD-PSNR, curve A")
-    lb, qb = _prepare(np.log(np.asarray(rates_b, dtype=np.float64)), quality_b, "BD-PSNR, curve B")
+    log_a, log_b = _log_rates(rates_a, rates_b, "BD-PSNR")
+    la, qa = _prepare(log_a, quality_a, "BD-PSNR, curve A")
+    lb, qb = _prepare(log_b, quality_b, "BD-PSNR, curve B")
     gap, _, _ = _mean_gap(la, qa, lb, qb, "BD-PSNR")
     return gap
 
@@ -337,25 +333,13 @@ def plot_rd(
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     try:
-        for curve in references:
-            order = np.argsort(curve.rates)
-            ax.plot(
-                np.asarray(curve.rates)[order],
-                np.asarray(curve.quality)[order],
-                "--",
-                marker=".",
-                alpha=0.7,
-                label=curve.name,
-            )
-        for curve in curves:
-            order = np.argsort(curve.rates)
-            ax.plot(
-                np.asarray(curve.rates)[order],
-                np.asarray(curve.quality)[order],
-                "-",
-                marker="o",
-                label=curve.name,
-            )
+        reference_style = {"linestyle": "--", "marker": ".", "alpha": 0.7}
+        curve_style = {"linestyle": "-", "marker": "o"}
+        for group, style in ((references, reference_style), (curves, curve_style)):
+            for curve in group:
+                order = np.argsort(curve.rates)
+                rates, quality = np.asarray(curve.rates)[order], np.asarray(curve.quality)[order]
+                ax.plot(rates, quality, label=curve.name, **style)
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "MS-SSIM (dB)")
         ax.grid(True, alpha=0.3)
@@ -404,26 +388,21 @@ class ImageResult:
     bit_exact: bool
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def evaluate_image(codec: ImageCodec, image: Image.Image, name: str = "image") -> ImageResult:
     """Encode ``image`` to bytes with ``codec``, decode them, and measure the result."""
     from .container import StreamKind
 
-    _synchronize(codec.device)
+    synchronize(codec.device)
     start = time.perf_counter()
     encoded = codec.encode_detailed(image)
-    _synchronize(codec.device)
+    synchronize(codec.device)
     encoding_time = time.perf_counter() - start
     start = time.perf_counter()
     try:
         decoded = codec.decode_detailed(encoded.data)
     except DecodeMismatchError:
         decoded = None
-    _synchronize(codec.device)
+    synchronize(codec.device)
     decoding_time = time.perf_counter() - start
 
     header = encoded.header
@@ -463,13 +442,11 @@ def evaluate_codec(
     files: Sequence[str | os.PathLike[str]],
     progress: Any = None,
 ) -> list[ImageResult]:
-    """:func:`evaluate_image` for every file (read with :func:`hpcm_models.codec.read_image`).
+    """:func:`evaluate_image` for every file (read with :func:`hpcm_models.image_io.read_image`).
 
     Args:
         progress: optional callable ``progress(done, total, name)`` called after each image.
     """
-    from .codec import read_image
-
     results = []
     for i, file in enumerate(files):
         results.append(evaluate_image(codec, read_image(file), Path(file).name))

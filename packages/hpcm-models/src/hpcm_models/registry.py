@@ -14,7 +14,14 @@ from compressai.registry import register_model as _compressai_register_model
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["BUILTIN_MODELS", "available_models", "get_model", "register_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "available_models",
+    "get_model",
+    "model_class",
+    "register_model",
+    "registered_name",
+]
 
 _MODELS: dict[str, type[nn.Module]] = {}
 
@@ -23,6 +30,7 @@ BUILTIN_MODELS: tuple[str, ...] = (
     "hpcm-base",
     "hpcm-large",
     "hpcm-phase1",
+    "hpcm-phase1-lite",
     "hpcm-phase2",
     "hpcm-phase3",
     "hpcm-phase4",
@@ -52,13 +60,41 @@ def register_model(name: str) -> Callable[[T], T]:
 
 def _load_builtin_models() -> None:
     # Importing the model modules runs their @register_model decorators.
-    from . import hpcm, phases  # noqa: F401
+    from . import hpcm, phases, presets  # noqa: F401
 
 
 def available_models() -> list[str]:
     """Names accepted by :func:`get_model`, sorted."""
     _load_builtin_models()
     return sorted(_MODELS)
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+    """
+    _load_builtin_models()
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def registered_name(model: nn.Module) -> str:
+    """The name ``model``'s class is registered under.
+
+    Raises:
+        ValueError: if the class is not registered (or registered under several names).
+    """
+    _load_builtin_models()
+    names = [name for name, cls in _MODELS.items() if cls is type(model)]
+    if len(names) != 1:
+        raise ValueError(
+            f"cannot tell the registry name of a {type(model).__qualname__} "
+            f"(candidates: {names}); pass model_id"
+        )
+    return names[0]
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
@@ -71,7 +107,4 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: for an unknown name (the message lists the known ones).
     """
-    _load_builtin_models()
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name](**kwargs)
+    return model_class(name)(**kwargs)

@@ -2,7 +2,7 @@
 
 from .block import BiRWKVBlock
 from .channel_mix import ChannelMix
-from .context import RWKVContextCell, RWKVFusionNet
+from .context import RWKVContextCell, RWKVContextCellLite, RWKVFusionNet
 from .omnishift import OmniShift, reparameterize_model
 from .optim import rwkv_param_groups
 from .spatial_mix import SpatialMix
@@ -14,6 +14,7 @@ __all__ = [
     "ChannelMix",
     "OmniShift",
     "RWKVContextCell",
+    "RWKVContextCellLite",
     "RWKVFusionNet",
     "SpatialMix",
     "__version__",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -12,6 +13,21 @@ def check_dim(dim: object, name: str = "dim") -> int:
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
         raise ValueError(f"expected {name} to be a positive int, got {dim!r}")
     return int(dim)
+
+
+def check_rate(value: object, name: str, *, allow_zero: bool = False) -> float:
+    """A finite real number > 0 (>= 0 with ``allow_zero``), returned as given (an int stays an
+    int, so reprs and saved configurations keep it)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"expected {name} to be a finite number {bound}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def hidden_dim(dim: int, hidden_rate: object) -> int:

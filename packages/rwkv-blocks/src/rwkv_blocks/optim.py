@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 from torch import nn
 
+from ._checks import check_rate
+from .context import RWKVContextCellLite
 from .spatial_mix import SpatialMix
 
 __all__ = ["rwkv_param_groups"]
-
-
-def _check_rate(value: object, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"expected {name} to be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def rwkv_param_groups(
@@ -29,13 +18,13 @@ def rwkv_param_groups(
 ) -> list[dict[str, Any]]:
     """Split ``model``'s trainable parameters into optimizer groups.
 
-    The WKV ``decay`` and ``boost`` of every :class:`SpatialMix` enter the exponent of the WKV
-    weights, scaled by the distance between tokens, so a step that suits a linear layer can move
-    them too far; they get their own learning rate ``decay_lr`` and no weight decay (which would
-    pull them towards 0, i.e. towards a uniform average over the whole map). Following common
-    practice (timm's ``param_groups_weight_decay``), the other 1-D parameters (norm affines,
-    biases, the γ scales and OmniShift's α) get ``lr`` and no weight decay either; everything else
-    gets ``lr`` and ``weight_decay``.
+    The WKV ``decay`` and ``boost`` of every :class:`SpatialMix` and :class:`RWKVContextCellLite`
+    enter the exponent of the WKV weights, scaled by the distance between tokens, so a step that
+    suits a linear layer can move them too far; they get their own learning rate ``decay_lr`` and
+    no weight decay (which would pull them towards 0, i.e. towards a uniform average over the
+    whole map). Following common practice (timm's ``param_groups_weight_decay``), the other 1-D
+    parameters (norm affines, biases, the γ scales and OmniShift's α) get ``lr`` and no weight
+    decay either; everything else gets ``lr`` and ``weight_decay``.
 
     Args:
         model: any module; parameters with ``requires_grad=False`` are left out.
@@ -50,12 +39,15 @@ def rwkv_param_groups(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    lr = _check_rate(lr, "lr")
-    decay_lr = _check_rate(decay_lr, "decay_lr")
-    weight_decay = _check_rate(weight_decay, "weight_decay")
+    lr = float(check_rate(lr, "lr", allow_zero=True))
+    decay_lr = float(check_rate(decay_lr, "decay_lr", allow_zero=True))
+    weight_decay = float(check_rate(weight_decay, "weight_decay", allow_zero=True))
 
     wkv_ids = {
-        id(p) for m in model.modules() if isinstance(m, SpatialMix) for p in (m.decay, m.boost)
+        id(p)
+        for m in model.modules()
+        if isinstance(m, SpatialMix | RWKVContextCellLite)
+        for p in (m.decay, m.boost)
     }
     groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "wkv": []}
     for p in model.parameters():  # deduplicates shared parameters

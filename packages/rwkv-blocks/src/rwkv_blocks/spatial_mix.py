@@ -17,6 +17,28 @@ from .omnishift import OmniShift
 __all__ = ["SpatialMix"]
 
 
+@torch.no_grad()
+def init_wkv_parameters(decay: torch.Tensor, boost: torch.Tensor) -> None:
+    """Vision-RWKV's "fancy" first-layer init of the ``[C]`` WKV parameters, in place:
+    ``decay_c = -5 + 8·(c / (C - 1))^0.7`` and ``boost_c = ln 0.3 + 0.5·((c + 1) mod 3 - 1)``."""
+    dim = decay.shape[0]
+    ratio = torch.linspace(0.0, 1.0, dim, dtype=torch.float64)
+    decay.copy_(-5.0 + 8.0 * ratio**0.7)
+    zigzag = torch.tensor([(c + 1) % 3 - 1 for c in range(dim)], dtype=torch.float64)
+    boost.copy_(math.log(0.3) + 0.5 * zigzag)
+
+
+def wkv_tokens(
+    decay: torch.Tensor, boost: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """``Bi-WKV(decay / T, boost / T, k, v)`` of raster-order tokens ``k, v: [B, T, C]``."""
+    T = k.shape[1]
+    # The op accumulates in (at least) float32 whatever k's dtype; hand it w and u in at least
+    # float32 too, so a bfloat16 model does not round decay/T and boost/T first.
+    wkv_dtype = torch.promote_types(decay.dtype, torch.float32)
+    return biwkv4(decay.to(wkv_dtype) / T, boost.to(wkv_dtype) / T, k, v)
+
+
 class SpatialMix(TokenMixer):
     """Bidirectional WKV attention over a map: the Spatial Mix of Vision-RWKV (Duan et al., 2024).
 
@@ -64,27 +86,16 @@ class SpatialMix(TokenMixer):
         self.boost = nn.Parameter(torch.empty(dim, **factory))
         self.reset_wkv_parameters()
 
-    @torch.no_grad()
     def reset_wkv_parameters(self) -> None:
         """Re-initialize ``decay`` and ``boost`` (see the class docstring)."""
-        ratio = torch.linspace(0.0, 1.0, self.dim, dtype=torch.float64)
-        self.decay.copy_(-5.0 + 8.0 * ratio**0.7)
-        zigzag = torch.tensor([(c + 1) % 3 - 1 for c in range(self.dim)], dtype=torch.float64)
-        self.boost.copy_(math.log(0.3) + 0.5 * zigzag)
+        init_wkv_parameters(self.decay, self.boost)
 
     def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Mix raster-order tokens ``x`` ``[B, H·W, C]`` of an ``size = (H, W)`` map."""
         H, W = check_tokens(x, self.dim, size)
         x = self.omni_shift.forward_tokens(x, (H, W))
         k, v, r = self.key(x), self.value(x), self.receptance(x)
-        T = H * W
-        # The op accumulates in (at least) float32 whatever k's dtype; hand it w and u in at least
-        # float32 too, so a bfloat16 model does not round decay/T and boost/T first.
-        wkv_dtype = torch.promote_types(self.decay.dtype, torch.float32)
-        w = self.decay.to(wkv_dtype) / T
-        u = self.boost.to(wkv_dtype) / T
-        y = biwkv4(w, u, k, v)
-        return self.output(torch.sigmoid(r) * y)
+        return self.output(torch.sigmoid(r) * wkv_tokens(self.decay, self.boost, k, v))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

@@ -1,8 +1,10 @@
 """The ``hpcm`` command line.
 
 Each subcommand lives in its own module with two functions, ``add_parser(subparsers)`` and
-``run(args) -> int``, and is listed in ``_SUBCOMMANDS``. Errors that users can cause (bad files,
-bad flags) are raised as :class:`hpcm_models.errors.HPCMError` subclasses and printed as one line.
+``run(args) -> int`` (a short adapter to a library call), and is listed in ``_SUBCOMMANDS``; what
+several of them share (options, the device, progress lines, JSON output) is in ``_common``.
+Errors that users can cause (bad files, bad flags) are raised as
+:class:`hpcm_models.errors.HPCMError` subclasses and printed as one line.
 """
 
 from __future__ import annotations

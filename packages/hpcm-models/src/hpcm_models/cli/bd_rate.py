@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from hpcm_models.cli._common import subcommand
 from hpcm_models.errors import HPCMError
 
 HELP = "Bjøntegaard delta rate (%%) and PSNR (dB) of results files against an anchor"
@@ -22,12 +23,12 @@ examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = subcommand(
+        subparsers,
         "bd-rate",
-        help=HELP,
-        description="Bjøntegaard deltas (VCEG-M33 with pchip interpolation) against an anchor.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        HELP,
+        "Bjøntegaard deltas (VCEG-M33 with pchip interpolation) against an anchor.",
+        EPILOG,
     )
     p.add_argument("anchor", help="anchor curve (results JSON or ref:NAME:DATASET)")
     p.add_argument("tests", nargs="+", metavar="test", help="curves to compare with the anchor")

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+from typing import Any
 
+from hpcm_models.cli._common import (
+    add_models_option,
+    json_object,
+    progress,
+    subcommand,
+    write_json,
+)
 from hpcm_models.errors import HPCMError
 
 HELP = "measure parameters, FLOPs, latency and memory of the models and context cells"
@@ -18,7 +24,8 @@ Kodak, 1080p and 4K latent sizes, 5 timed runs. On CPU the defaults finish in ab
 more with --train (or --train-size / --train-batch), --cell-sizes kodak 1080p 4k and --repeat
 (all of it: 20+ minutes). Peak memory is measured on CUDA only. On CUDA the fast paths (CUDA
 graphs, bf16, fused Adam; docs/performance.md) are measured too, against the eager float32
-baseline of the same run.
+baseline of the same run, and the context cells are also timed replayed from CUDA graphs.
+benchmarks/bench_context_cells.py compares the cells in more precisions.
 
 examples:
   hpcm bench --device cuda --json bench-h200.json
@@ -65,23 +72,14 @@ def _resolve_defaults(args: argparse.Namespace, cuda: bool) -> list[str]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from hpcm_models.cli.compress import json_object
-    from hpcm_models.registry import BUILTIN_MODELS, available_models
+    from hpcm_models.registry import BUILTIN_MODELS
 
-    p = subparsers.add_parser(
-        "bench",
-        help=HELP,
-        description="Benchmark the models (base, large, phases 1-4) and the s3 context cells.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    description = (
+        "Benchmark the models (base, large, phases 1-4, phase 1 lite) and the s3 context cells."
     )
-    p.add_argument(
-        "--models",
-        nargs="*",
-        choices=available_models(),
-        default=list(BUILTIN_MODELS),
-        metavar="NAME",
-        help="models to measure (default: all six); none: cells only",
+    p = subcommand(subparsers, "bench", HELP, description, EPILOG)
+    add_models_option(
+        p, "*", BUILTIN_MODELS, "models to measure (default: all built-in models); none: cells only"
     )
     p.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -124,52 +122,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from hpcm_models.benchmark import machine_info
+    from hpcm_models.devices import resolve_device
 
-    from hpcm_models.benchmark import (
-        CELL_SIZES,
-        as_dict,
-        bench_cells,
-        bench_models,
-        format_cell_table,
-        format_fast_table,
-        format_model_table,
-        machine_info,
-    )
-    from hpcm_models.hpcm.model import HPCM
-
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as err:
-            raise HPCMError(f"invalid --device {args.device!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HPCMError("--device cuda, but torch sees no CUDA GPU")
-    cuda = device.type == "cuda"
-    defaulted = _resolve_defaults(args, cuda)
-    if args.repeat < 1 or args.warmup < 0:
-        raise HPCMError(
-            f"expected --repeat >= 1 and --warmup >= 0, got {args.repeat}, {args.warmup}"
-        )
-    size = args.size or ((768, 512) if cuda else (256, 256))
-    train_batch = args.train_batch or (16 if cuda else 1)
-    m = HPCM.INPUT_MULTIPLE
-    for flag, (w, h) in (("--size", size), ("--train-size", args.train_size)):
-        if w % m or h % m:
-            raise HPCMError(f"expected {flag} to be multiples of {m}, got {w}x{h}")
-
-    def progress(message: str) -> None:
-        print(f"  ... {message}", file=sys.stderr, flush=True)
-
+    device = resolve_device(args.device, allow_auto=True)
+    defaulted = _resolve_defaults(args, device.type == "cuda")
+    size, train_batch = _settings(args, device)
     info = machine_info(device)
     print(
         f"hpcm bench on {info.get('gpu', info['processor'])} ({device}), torch {info['torch']}, "
         f"{info['torch_threads']} threads, Bi-WKV CUDA kernel: {info['biwkv4_cuda_kernel']}",
         flush=True,
     )
-    if not cuda and defaulted:
+    if device.type != "cuda" and defaulted:
         print(CPU_NOTE, flush=True)
     payload: dict = {
         "machine": info,
@@ -182,59 +147,94 @@ def run(args: argparse.Namespace) -> int:
             "repeat": args.repeat,
             "warmup": args.warmup,
             "amp": args.amp,
-            "fast": not args.no_fast and cuda,
+            "fast": not args.no_fast and device.type == "cuda",
             "fast_precision": args.fast_precision,
             "cell_dim": args.cell_dim,
             "cell_sizes": None if args.no_cells else args.cell_sizes,
         },
-        "models": [],
-        "cells": [],
+        "models": _models(args, device, size, train_batch) if args.models else [],
+        "cells": [] if args.no_cells else _cells(args, device),
     }
-    if args.models:
-        try:
-            models = bench_models(
-                args.models,
-                device=device,
-                size=size,
-                model_kwargs=args.model_kwargs,
-                train_size=args.train_size if args.train else None,
-                train_batch=train_batch,
-                repeat=args.repeat,
-                warmup=args.warmup,
-                amp=args.amp == "bf16",
-                fast=not args.no_fast,
-                fast_precision=args.fast_precision,
-                progress=progress,
-            )
-        except (TypeError, ValueError) as err:
-            raise HPCMError(f"cannot build the models with {args.model_kwargs}: {err}") from None
-        train_note = (
-            f", training {train_batch}x{args.train_size[0]}x{args.train_size[1]}"
-            if args.train
-            else ""
+    if args.json is not None:
+        write_json(args.json, payload)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _settings(args: argparse.Namespace, device: Any) -> tuple[tuple[int, int], int]:
+    """``(eval size, training batch)``, checked; their defaults depend on the device."""
+    from hpcm_models.hpcm.model import HPCM
+
+    if args.repeat < 1 or args.warmup < 0:
+        raise HPCMError(
+            f"expected --repeat >= 1 and --warmup >= 0, got {args.repeat}, {args.warmup}"
         )
-        print(f"\nModels (eval forward at {size[0]}x{size[1]}, batch 1{train_note}; {device}):")
-        print(format_model_table(models))
-        fast_table = format_fast_table(models)
-        if fast_table:
-            print(f"\nFast paths against the eager float32 baseline ({device}):")
-            print(fast_table)
-        payload["models"] = [as_dict(r) for r in models]
-    if not args.no_cells:
-        cells = bench_cells(
+    cuda = device.type == "cuda"
+    size = args.size or ((768, 512) if cuda else (256, 256))
+    train_batch = args.train_batch or (16 if cuda else 1)
+    m = HPCM.INPUT_MULTIPLE
+    for flag, (w, h) in (("--size", size), ("--train-size", args.train_size)):
+        if w % m or h % m:
+            raise HPCMError(f"expected {flag} to be multiples of {m}, got {w}x{h}")
+    return size, train_batch
+
+
+def _models(
+    args: argparse.Namespace, device: Any, size: tuple[int, int], train_batch: int
+) -> list[dict]:
+    """Measure the models, print their tables; their results as JSON data."""
+    from hpcm_models.benchmark import as_dict, bench_models, format_fast_table, format_model_table
+
+    try:
+        models = bench_models(
+            args.models,
             device=device,
-            dim=args.cell_dim,
-            sizes={name: CELL_SIZES[name] for name in args.cell_sizes},
+            size=size,
+            model_kwargs=args.model_kwargs,
+            train_size=args.train_size if args.train else None,
+            train_batch=train_batch,
             repeat=args.repeat,
             warmup=args.warmup,
             amp=args.amp == "bf16",
+            fast=not args.no_fast,
+            fast_precision=args.fast_precision,
             progress=progress,
         )
-        print(f"\ns3 context cell alone ({args.cell_dim} channels, batch 1; {device}):")
-        print(format_cell_table(cells))
-        payload["cells"] = [as_dict(r) for r in cells]
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
-        print(f"\nwrote {args.json}")
-    return 0
+    except (TypeError, ValueError) as err:
+        raise HPCMError(f"cannot build the models with {args.model_kwargs}: {err}") from None
+    train_note = (
+        f", training {train_batch}x{args.train_size[0]}x{args.train_size[1]}" if args.train else ""
+    )
+    print(f"\nModels (eval forward at {size[0]}x{size[1]}, batch 1{train_note}; {device}):")
+    print(format_model_table(models))
+    fast_table = format_fast_table(models)
+    if fast_table:
+        print(f"\nFast paths against the eager float32 baseline ({device}):")
+        print(fast_table)
+    return [as_dict(r) for r in models]
+
+
+def _cells(args: argparse.Namespace, device: Any) -> list[dict]:
+    """Measure the s3 context cells, print their table; their results as JSON data."""
+    from hpcm_models.benchmark import (
+        CELL_SIZES,
+        as_dict,
+        bench_cells,
+        format_cell_ratios,
+        format_cell_table,
+    )
+
+    cells = bench_cells(
+        device=device,
+        dim=args.cell_dim,
+        sizes={name: CELL_SIZES[name] for name in args.cell_sizes},
+        repeat=args.repeat,
+        warmup=args.warmup,
+        amp=args.amp == "bf16",
+        progress=progress,
+    )
+    print(f"\ns3 context cell alone ({args.cell_dim} channels, batch 1; {device}):")
+    print(format_cell_table(cells))
+    print("\nRatios to CrossAttentionCell (same size, same run):")
+    print(format_cell_ratios(cells))
+    return [as_dict(r) for r in cells]

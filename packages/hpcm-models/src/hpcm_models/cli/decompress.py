@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hpcm_models.cli.compress import add_weight_options, prepare_device, random_weights
+from hpcm_models.cli._common import add_weight_options, prepare_device, random_weights, subcommand
 
 HELP = "decompress a .hpcm file into an image (PNG recommended)"
 
@@ -23,13 +23,7 @@ desynchronization are reported as errors; no image is written then.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "decompress",
-        help=HELP,
-        description="Decompress a .hpcm file into an image.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = subcommand(subparsers, "decompress", HELP, "Decompress a .hpcm file into an image.", EPILOG)
     p.add_argument("input", type=Path, metavar="IN", help=".hpcm file")
     p.add_argument("output", type=Path, metavar="OUT", help="image file to write")
     add_weight_options(p)
@@ -37,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpcm_models.codec import decompress_file, load_checkpoint
+    from hpcm_models.checkpoints import load_checkpoint
+    from hpcm_models.codec_files import decompress_file
 
     device = prepare_device(args.device)
 

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from hpcm_models.cli._common import (
+    add_models_option,
+    prepare_device,
+    progress,
+    subcommand,
+    write_json,
+)
+from hpcm_models.errors import HPCMError
 
 HELP = "build every model and compress/decompress bundled photos (the quick tour)"
 
@@ -23,23 +31,10 @@ CPU; --quick uses small models (M=32, N=16) and takes seconds.
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from hpcm_models.demo import DEMO_MODELS
-    from hpcm_models.registry import available_models
 
-    p = subparsers.add_parser(
-        "demo",
-        help=HELP,
-        description="Compress and decompress bundled photos with HPCM and every RWKV phase.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--models",
-        nargs="+",
-        choices=available_models(),
-        default=list(DEMO_MODELS),
-        metavar="NAME",
-        help="models to run (default: base, large, phase1-4)",
-    )
+    description = "Compress and decompress bundled photos with HPCM and every RWKV phase."
+    p = subcommand(subparsers, "demo", HELP, description, EPILOG)
+    add_models_option(p, "+", DEMO_MODELS, "models to run (default: base, large, phase1-4)")
     p.add_argument("--images", type=Path, nargs="+", metavar="FILE", help="your own images")
     p.add_argument("--checkpoint-dir", type=Path, metavar="DIR", help="trained weights")
     p.add_argument("--quick", action="store_true", help="small models (M=32, N=16): seconds")
@@ -52,24 +47,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-
-    import hpcm_models
-    from hpcm_models.cli.compress import prepare_device
-    from hpcm_models.codec import read_image
-    from hpcm_models.demo import (
-        DEMO_IMAGES,
-        bundled_image,
-        find_checkpoint,
-        format_demo_table,
-        run_demo,
-    )
-    from hpcm_models.errors import HPCMError
+    from hpcm_models.demo import DEMO_IMAGES, bundled_image, format_demo_table, run_demo
 
     device = prepare_device(args.device)
     if args.checkpoint_dir is not None and not args.checkpoint_dir.is_dir():
         raise HPCMError(f"--checkpoint-dir {str(args.checkpoint_dir)!r} is not a directory")
     paths = args.images or [bundled_image(n) for n in DEMO_IMAGES]
+    _introduce(args, paths, device)
+    start = time.perf_counter()
+    rows = run_demo(
+        args.models,
+        paths,
+        checkpoint_dir=args.checkpoint_dir,
+        device=device,
+        seed=args.seed,
+        quick=args.quick,
+        progress=progress,
+    )
+    print()
+    print(format_demo_table(rows))
+    print(
+        f"\nbpp: entropy-coded bytes per pixel of the original image (the .hpcm header adds "
+        f"~{_header_bpp(rows):.3f} bpp here); times per image on {device}; bit-exact: the decoder "
+        f"rebuilt exactly the encoder's latents. Total {time.perf_counter() - start:.0f} s."
+    )
+    if args.json is not None:
+        write_json(
+            args.json, {"device": str(device), "rows": [dataclasses.asdict(r) for r in rows]}
+        )
+        print(f"wrote {args.json}")
+    return 0 if all(r.bit_exact for r in rows) else 1
+
+
+def _introduce(args: argparse.Namespace, paths: list[Path], device: Any) -> None:
+    """Say what the demo will run, and whether its weights are random."""
+    import torch
+
+    import hpcm_models
+    from hpcm_models.demo import find_checkpoint
+    from hpcm_models.image_io import read_image
+
     described = []
     for path in paths:
         image = read_image(path)
@@ -93,37 +110,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.quick and any(c is not None for c in trained.values()):
         raise HPCMError("--quick builds small random models; it cannot use --checkpoint-dir")
-
-    def progress(message: str) -> None:
-        print(f"  ... {message}", file=sys.stderr, flush=True)
-
-    start = time.perf_counter()
-    rows = run_demo(
-        args.models,
-        paths,
-        checkpoint_dir=args.checkpoint_dir,
-        device=device,
-        seed=args.seed,
-        quick=args.quick,
-        progress=progress,
-    )
-    print()
-    print(format_demo_table(rows))
-    print(
-        f"\nbpp: entropy-coded bytes per pixel of the original image (the .hpcm header adds "
-        f"~{_header_bpp(rows):.3f} bpp here); times per image on {device}; bit-exact: the decoder "
-        f"rebuilt exactly the encoder's latents. Total {time.perf_counter() - start:.0f} s."
-    )
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"device": str(device), "rows": [dataclasses.asdict(r) for r in rows]}, indent=1
-            )
-            + "\n"
-        )
-        print(f"wrote {args.json}")
-    return 0 if all(r.bit_exact for r in rows) else 1
 
 
 def _header_bpp(rows: list) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HPCM_BASE", "HPCM_LARGE", "HPCM_MICRO", "HPCMConfig"]
+__all__ = ["HPCM_BASE", "HPCM_LARGE", "HPCM_MICRO", "HPCM_SMALL", "HPCM_SMALL_NARROW", "HPCMConfig"]
 
 
 @dataclass(frozen=True)
@@ -71,5 +71,32 @@ HPCM_MICRO = HPCMConfig(
     h_a_depths=(1, 1),
     h_s_depths=(1, 1),
     transform_channels=(8, 8, 16),
+    num_heads=8,
+)
+
+#: The small presets (``hpcm-small`` and the RWKV phases' ``-small`` models, with M=64, N=64):
+#: HPCM-Base's architecture with one PConvRB per transform stage but the last (two), single-block
+#: spatial priors but for s3's first branch, and 8 heads of 16 channels. Chosen by measurement
+#: (``docs/models.md``, "Small presets"): fp16 weights of 6.5 MiB for HPCM, so that three rate
+#: points ship in under 20 MiB, and about a second to code a 768×512 photo each way on a 2-core
+#: CPU.
+HPCM_SMALL = HPCMConfig(
+    g_a_depths=(1, 1, 2),
+    g_s_depths=(2, 1, 1),
+    prior_s1_s2_depths=(1, 1),
+    prior_s3_depths=(2, 1),
+    transform_channels=(48, 96, 176),
+    num_heads=8,
+)
+
+#: :data:`HPCM_SMALL` with a narrower last transform stage (160 channels) and single-block priors:
+#: the small presets of phases 3 and 4, whose RWKV fusion nets and priors would otherwise take
+#: their fp16 weights over 8 MiB.
+HPCM_SMALL_NARROW = HPCMConfig(
+    g_a_depths=(1, 1, 2),
+    g_s_depths=(2, 1, 1),
+    prior_s1_s2_depths=(1, 1),
+    prior_s3_depths=(1, 1),
+    transform_channels=(48, 96, 160),
     num_heads=8,
 )

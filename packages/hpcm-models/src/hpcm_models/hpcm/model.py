@@ -2,7 +2,12 @@
 
 Module names, shapes and computations are those of the official implementation (LIC-HPCM,
 ``src/models/HPCM_Base.py`` / ``HPCM_Large.py``), so its checkpoints load with ``strict=True`` and
-an eval-mode forward reproduces its outputs. Entropy coding uses CompressAI's rANS.
+an eval-mode forward reproduces its outputs. Entropy coding uses CompressAI's rANS
+(:mod:`hpcm_models.rans`) with the entropy model's tables (:mod:`hpcm_models.entropy`).
+
+One module for the whole model (about 650 lines), as the official file it mirrors name for name:
+its construction hooks, the coding schedule, the CompressAI contract and checkpoint loading are
+read against that file side by side.
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.models import CompressionModel
 from torch import nn
 
-from ..entropy import GeneralizedGaussian, default_scale_table
+from .. import rans
+from ..entropy import CODING_BUFFERS, GeneralizedGaussian
 from ..errors import CheckpointError, InputShapeError
 from ..layers import (
     CrossAttentionCell,
@@ -34,17 +39,6 @@ from .config import HPCM_BASE, HPCM_LARGE, HPCMConfig
 
 __all__ = ["HPCM", "CodingStep", "HPCMBase", "HPCMLarge"]
 
-# Entropy-coding tables: empty until update(); their size depends on the scale table and scales.
-CODING_BUFFERS: tuple[str, ...] = (
-    "scale_table",
-    "quantized_cdf_z",
-    "cdf_length_z",
-    "offset_z",
-    "quantized_cdf_y",
-    "cdf_length_y",
-    "offset_y",
-)
-
 
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
     """Round in the forward pass, identity gradient."""
@@ -54,6 +48,23 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
 def _add_noise(x: torch.Tensor) -> torch.Tensor:
     """Uniform noise in [-½, ½): the training proxy of rounding."""
     return x + torch.empty_like(x).uniform_(-0.5, 0.5)
+
+
+class _CodingTable:
+    """``model.<name>``: the entropy model's rANS table of that name (read-only), under the
+    attribute names of the official code."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, model: HPCM | None, owner: type | None = None) -> Any:
+        return self if model is None else getattr(model.entropy_estimation, self.name)
+
+    def __set__(self, model: HPCM, value: Any) -> None:
+        raise AttributeError(
+            f"{self.name} belongs to the entropy model: use model.update() or "
+            f"model.entropy_estimation.set_table({self.name!r}, ...)"
+        )
 
 
 class _Transform(nn.Module):
@@ -145,6 +156,15 @@ class HPCM(CompressionModel):
     #: 1/64; the official code needs 256 (attention windows), padding inside the cells gives 128.
     INPUT_MULTIPLE: ClassVar[int] = 128
 
+    # The rANS tables live in the entropy model; these are the official code's names for them.
+    scale_table = _CodingTable()
+    quantized_cdf_z = _CodingTable()
+    cdf_length_z = _CodingTable()
+    offset_z = _CodingTable()
+    quantized_cdf_y = _CodingTable()
+    cdf_length_y = _CodingTable()
+    offset_y = _CodingTable()
+
     def __init__(self, M: int = 320, N: int = 256, *, config: HPCMConfig | None = None) -> None:
         super().__init__()
         config = config if config is not None else self.default_config
@@ -164,8 +184,6 @@ class HPCM(CompressionModel):
 
         self.means_hyper = nn.Parameter(torch.zeros(1, N, 1, 1))
         self.scales_hyper = nn.Parameter(torch.ones(1, N, 1, 1))
-        for name in CODING_BUFFERS:
-            self.register_buffer(name, torch.empty(0))
         self.entropy_estimation = GeneralizedGaussian(beta=1.5, scale_bound=0.12)
 
         self.g_a, self.g_s, self.h_a, self.h_s = self.build_transforms()
@@ -431,51 +449,12 @@ class HPCM(CompressionModel):
             True if the tables were (re)built.
         """
         del update_quantiles
-        if self.offset_y.numel() > 0 and not force:
-            return False
-        table = default_scale_table() if scale_table is None else torch.as_tensor(scale_table)
-        table = table.detach().float().flatten()
-        if table.numel() < 1 or not bool((table > 0).all()) or not bool((table.diff() > 0).all()):
-            raise ValueError(f"expected an increasing table of positive scales, got {table}")
-        device = self.scales_hyper.device
-        cdf_z, length_z, offset_z = self.entropy_estimation.quantized_cdfs(
-            self.scales_hyper.detach().flatten()
-        )
-        cdf_y, length_y, offset_y = self.entropy_estimation.quantized_cdfs(table)
-        tables = {
-            "scale_table": table,
-            "quantized_cdf_z": cdf_z,
-            "cdf_length_z": length_z,
-            "offset_z": offset_z,
-            "quantized_cdf_y": cdf_y,
-            "cdf_length_y": length_y,
-            "offset_y": offset_y,
-        }
-        for name, value in tables.items():
-            self.register_buffer(name, value.to(device))
-        return True
+        return self.entropy_estimation.update(self.scales_hyper, scale_table, force)
 
     def aux_loss(self) -> torch.Tensor:
         """Zero: HPCM has no ``EntropyBottleneck`` (its hyper-latent prior is trained with the
         rest of the model), but CompressAI training loops call this."""
         return self.means_hyper.new_zeros(())
-
-    def _coding_tables(self, latent: str) -> tuple[list[list[int]], list[int], list[int]]:
-        if getattr(self, f"offset_{latent}").numel() == 0:
-            raise RuntimeError(
-                "the entropy-coding tables are empty: call model.update() once after loading the "
-                "weights, before compress() or decompress()"
-            )
-        return (
-            getattr(self, f"quantized_cdf_{latent}").tolist(),
-            getattr(self, f"cdf_length_{latent}").reshape(-1).int().tolist(),
-            getattr(self, f"offset_{latent}").reshape(-1).int().tolist(),
-        )
-
-    def _scale_indexes(self, scales: torch.Tensor) -> list[int]:
-        """Index of the first scale-table entry >= each scale (the last entry beyond it)."""
-        boundaries = self.scale_table[:-1].to(scales)
-        return torch.bucketize(scales, boundaries).flatten().tolist()
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor) -> dict[str, Any]:
@@ -493,7 +472,8 @@ class HPCM(CompressionModel):
             rebuild (beyond CompressAI's contract; e.g. to store a checksum of it).
         """
         self._check_image(x)
-        tables_z, tables_y = self._coding_tables("z"), self._coding_tables("y")
+        ggm = self.entropy_estimation
+        tables_z, tables_y = ggm.rans_tables("z"), ggm.rans_tables("y")
         y_strings: list[bytes] = []
         z_strings: list[bytes] = []
         y_hats: list[torch.Tensor] = []
@@ -502,22 +482,18 @@ class HPCM(CompressionModel):
             z = self.h_a(y)
             z_q = torch.round(z - self.means_hyper)
             channel = torch.arange(self.N, device=z.device).view(1, -1, 1, 1).expand_as(z_q)
-            encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(
-                z_q.int().flatten().tolist(), channel.flatten().tolist(), *tables_z
-            )
+            encoder = rans.new_encoder(tables_z)
+            encoder.encode(_host(z_q.int()), _host(channel))
             z_strings.append(encoder.flush())
 
             params = self.h_s(z_q + self.means_hyper)
             latents = self._stage_latents(y)
-            encoder = BufferedRansEncoder()
+            encoder = rans.new_encoder(tables_y)
 
             def encode(step: CodingStep, latents=latents, encoder=encoder) -> torch.Tensor:
                 # `+ 0.0` turns -0.0 into 0.0, the value the decoder rebuilds from integers.
                 quantized = torch.round(step.select(latents[step.stage]) - step.means) + 0.0
-                encoder.encode_with_indexes(
-                    quantized.int().flatten().tolist(), self._scale_indexes(step.scales), *tables_y
-                )
+                encoder.encode(_host(quantized.int()), _host(ggm.build_indexes(step.scales)))
                 return quantized
 
             y_hats.append(self.run_schedule(params, encode))
@@ -555,24 +531,20 @@ class HPCM(CompressionModel):
             raise InputShapeError(
                 f"expected shape = (H/64, W/64) with both even and >= 2, got {shape!r}"
             )
-        tables_z, tables_y = self._coding_tables("z"), self._coding_tables("y")
+        ggm = self.entropy_estimation
+        tables_z, tables_y = ggm.rans_tables("z"), ggm.rans_tables("y")
         device = self.means_hyper.device
         channel = torch.arange(self.N).view(1, -1, 1, 1).expand(1, self.N, *size)
         x_hats, y_hats = [], []
         for y_string, z_string in zip(*strings, strict=True):
-            decoder = RansDecoder()
-            decoder.set_stream(z_string)
-            symbols = decoder.decode_stream(channel.flatten().tolist(), *tables_z)
-            z_q = torch.tensor(symbols, dtype=torch.float32, device=device).view(1, self.N, *size)
+            symbols = rans.new_decoder(z_string, tables_z).decode(_host(channel))
+            z_q = torch.from_numpy(symbols).to(device, torch.float32).view(1, self.N, *size)
             params = self.h_s(z_q + self.means_hyper)
-            decoder = RansDecoder()
-            decoder.set_stream(y_string)
+            decoder = rans.new_decoder(y_string, tables_y)
 
             def decode(step: CodingStep, decoder=decoder) -> torch.Tensor:
-                symbols = decoder.decode_stream(self._scale_indexes(step.scales), *tables_y)
-                return torch.tensor(symbols, dtype=step.means.dtype, device=device).view_as(
-                    step.means
-                )
+                symbols = decoder.decode(_host(ggm.build_indexes(step.scales)))
+                return torch.from_numpy(symbols).to(device, step.means.dtype).view_as(step.means)
 
             y_hats.append(self.run_schedule(params, decode))
             x_hats.append(self.g_s(y_hats[-1]).clamp_(0, 1))
@@ -619,26 +591,52 @@ class HPCM(CompressionModel):
                 f"checkpoint does not match {type(self).__name__}(M={self.M}, N={self.N}): "
                 f"wrong shapes for {_listing(wrong)}"
             )
-        # The coding tables take whatever size (and integer type) the checkpoint has.
-        for name in CODING_BUFFERS:
-            if name in state_dict:
-                value = state_dict[name]
-                self.register_buffer(
-                    name, torch.empty(value.shape, dtype=value.dtype, device=own[name].device)
-                )
         return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
+
+    # The official checkpoints keep the entropy model's rANS tables at the top level of the state
+    # dict: they are saved and loaded here, under those names and in that place.
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, table in self.entropy_estimation.tables().items():
+            destination[prefix + name] = table if keep_vars else table.detach()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for name in CODING_BUFFERS:
+            key = prefix + name
+            if key in state_dict:
+                # Whatever size (and integer type) the checkpoint's table has.
+                self.entropy_estimation.set_table(name, state_dict[key])
+                if key in unexpected_keys:
+                    unexpected_keys.remove(key)
+            elif strict:
+                missing_keys.append(key)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Any], **kwargs: Any) -> HPCM:
         """Build a model with M and N read from the checkpoint, and load it strictly.
 
-        A ``module.`` prefix on every key (``nn.DataParallel`` checkpoints) is removed.
+        Keys are remapped first (:func:`hpcm_models.checkpoints.remap_keys`: a ``module.`` prefix
+        on every key, from ``nn.DataParallel``, is removed).
 
         Raises:
             CheckpointError: if the checkpoint does not fit (see :meth:`load_state_dict`).
         """
-        if state_dict and all(k.startswith("module.") for k in state_dict):
-            state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        from ..checkpoints import remap_keys  # checkpoints builds models: imported at call time
+
+        state_dict = remap_keys(state_dict)
         try:
             N = int(state_dict["means_hyper"].shape[1])
             M = int(state_dict["adaptive_params_list.0"].shape[1]) // 3
@@ -649,6 +647,11 @@ class HPCM(CompressionModel):
         model = cls(M=M, N=N, **kwargs)
         model.load_state_dict(state_dict)
         return model
+
+
+def _host(t: torch.Tensor) -> Any:
+    """A tensor's values, flattened, as a NumPy array on the host."""
+    return t.detach().flatten().cpu().numpy()
 
 
 def _listing(keys: list[str], limit: int = 10) -> str:

@@ -9,6 +9,9 @@ phase 3    phase 2 + ``context_net.0/1`` → :class:`~rwkv_blocks.RWKVFusionNet`
 phase 4    phase 3 + ``y_spatial_prior_s1_s2``/``_s3`` → :class:`.RWKVSpatialPrior`
 =========  ===================================================================================
 
+``hpcm-phase1-lite`` is phase 1 with :class:`~rwkv_blocks.RWKVContextCellLite` (hidden rate 0.5)
+as ``attn_s3``: a Bi-WKV cell cheaper than the cross-attention it replaces.
+
 Everything else — transforms, adaptors, gains, entropy model, the coding schedule — is HPCM's,
 with HPCM's module names, so a trained baseline checkpoint fills every unchanged part
 (:func:`hpcm_models.from_baseline`).
@@ -16,14 +19,16 @@ with HPCM's module names, so a trained baseline checkpoint fills every unchanged
 
 from __future__ import annotations
 
-import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from torch import nn
 
-from rwkv_blocks import RWKVContextCell, RWKVFusionNet
+from rwkv_blocks import RWKVContextCell, RWKVContextCellLite, RWKVFusionNet
+
+# rwkv-blocks' check of the rates its modules take (hpcm-models pins rwkv-blocks' minor version).
+from rwkv_blocks._checks import check_rate
 
 from ..hpcm.config import HPCMConfig
 from ..hpcm.model import HPCM
@@ -33,8 +38,10 @@ from .prior import RWKVSpatialPrior
 __all__ = [
     "DEFAULT_CELL_HIDDEN_RATES",
     "HPCMRWKV",
+    "LITE_CELL_HIDDEN_RATES",
     "REPLACEABLE_MODULES",
     "HPCMPhase1",
+    "HPCMPhase1Lite",
     "HPCMPhase2",
     "HPCMPhase3",
     "HPCMPhase4",
@@ -53,6 +60,8 @@ REPLACEABLE_MODULES: tuple[str, ...] = (
 
 #: ChannelMix hidden rate of the RWKV context cell of stage 1, 2 and 3 when not given.
 DEFAULT_CELL_HIDDEN_RATES: dict[int, float] = {1: 2, 2: 3, 3: 4}
+#: Bi-WKV width of an RWKVContextCellLite relative to 2M, per stage, when not given: M channels.
+LITE_CELL_HIDDEN_RATES: dict[int, float] = {1: 0.5, 2: 0.5, 3: 0.5}
 
 # Defaults of the other options (docs/models.md, "RWKV phases").
 _FUSION_HIDDEN_RATE = 4
@@ -61,17 +70,6 @@ _PRIOR_HIDDEN_RATE = 2  # the hidden width of the DWConvRBs the blocks replace
 
 _CONTEXT_NETS = ("context_net.0", "context_net.1")
 _PRIORS = ("y_spatial_prior_s1_s2", "y_spatial_prior_s3")
-
-
-def _check_rate(value: object, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"expected {name} to be a finite number > 0, got {value!r}")
-    return value  # type: ignore[return-value]  # keep ints ints (reprs, saved configs)
 
 
 def _is_under(key: str, prefixes: Sequence[str]) -> bool:
@@ -89,7 +87,7 @@ class HPCMRWKV(HPCM):
     ==========================  =================================================================
     replaced module             built as
     ==========================  =================================================================
-    ``attn_s1/2/3``             ``RWKVContextCell(2M, hidden_rate, use_checkpoint)``
+    ``attn_s1/2/3``             ``cell_class(2M, hidden_rate, use_checkpoint)``
     ``context_net.0/1``         ``RWKVFusionNet(2M, fusion_blocks, fusion_hidden_rate, …)``
     ``y_spatial_prior_s1_s2``   ``RWKVSpatialPrior(3M, 2M, config.prior_s1_s2_depths, …)``
     ``y_spatial_prior_s3``      ``RWKVSpatialPrior(3M, 2M, config.prior_s3_depths, …)``
@@ -101,8 +99,9 @@ class HPCMRWKV(HPCM):
     Args:
         M, N, config: as for :class:`~hpcm_models.HPCM` (HPCM-Base's config by default; pass
             ``config=HPCM_LARGE`` for HPCM-Large's transforms and prior depths).
-        cell_hidden_rates: one ChannelMix hidden rate per RWKV context cell, in stage order
-            (default :data:`DEFAULT_CELL_HIDDEN_RATES`: 2, 3, 4 for stages 1, 2, 3).
+        cell_hidden_rates: one ``hidden_rate`` per RWKV context cell, in stage order (default
+            :attr:`default_cell_hidden_rates`; for RWKVContextCell the ChannelMix width,
+            :data:`DEFAULT_CELL_HIDDEN_RATES`: 2, 3, 4 for stages 1, 2, 3).
         fusion_hidden_rate: hidden rate of the RWKVFusionNet blocks (default 4).
         fusion_blocks: Bi-RWKV blocks per RWKVFusionNet (default 1).
         prior_hidden_rate: hidden rate of the RWKVSpatialPrior blocks (default 2, the hidden width
@@ -117,6 +116,11 @@ class HPCMRWKV(HPCM):
     #: State-dict prefixes of the modules built from Bi-RWKV blocks (a subset of
     #: :data:`REPLACEABLE_MODULES`); every other module is HPCM's, under HPCM's name.
     rwkv_modules: ClassVar[tuple[str, ...]] = ()
+    #: The context cell of the RWKV stages, built ``cell_class(2M, hidden_rate=rate,
+    #: use_checkpoint=...)``.
+    cell_class: ClassVar[type[nn.Module]] = RWKVContextCell
+    #: Stage → the cell's ``hidden_rate`` when ``cell_hidden_rates`` is not given.
+    default_cell_hidden_rates: ClassVar[Mapping[int, float]] = DEFAULT_CELL_HIDDEN_RATES
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -143,7 +147,7 @@ class HPCMRWKV(HPCM):
         cls = type(self).__qualname__
         stages = self.rwkv_cell_stages()
         if cell_hidden_rates is None:
-            rates = tuple(DEFAULT_CELL_HIDDEN_RATES[s] for s in stages)
+            rates = tuple(self.default_cell_hidden_rates[s] for s in stages)
         else:
             if isinstance(cell_hidden_rates, str) or not isinstance(cell_hidden_rates, Sequence):
                 raise ValueError(
@@ -155,7 +159,7 @@ class HPCMRWKV(HPCM):
                     f"{cls} has {len(stages)} RWKV context cell(s) (stages {stages}): expected "
                     f"{len(stages)} cell_hidden_rates, got {tuple(cell_hidden_rates)!r}"
                 )
-            rates = tuple(_check_rate(r, "each cell hidden rate") for r in cell_hidden_rates)
+            rates = tuple(check_rate(r, "each cell hidden rate") for r in cell_hidden_rates)
 
         has_fusion = any(n in _CONTEXT_NETS for n in self.rwkv_modules)
         has_prior = any(n in _PRIORS for n in self.rwkv_modules)
@@ -189,7 +193,7 @@ class HPCMRWKV(HPCM):
             self.fusion_hidden_rate = (
                 _FUSION_HIDDEN_RATE
                 if fusion_hidden_rate is None
-                else _check_rate(fusion_hidden_rate, "fusion_hidden_rate")
+                else check_rate(fusion_hidden_rate, "fusion_hidden_rate")
             )
             self.fusion_blocks = _FUSION_BLOCKS if fusion_blocks is None else int(fusion_blocks)
         #: Hidden rate of the RWKVSpatialPriors; ``None`` without them.
@@ -198,7 +202,7 @@ class HPCMRWKV(HPCM):
             self.prior_hidden_rate = (
                 _PRIOR_HIDDEN_RATE
                 if prior_hidden_rate is None
-                else _check_rate(prior_hidden_rate, "prior_hidden_rate")
+                else check_rate(prior_hidden_rate, "prior_hidden_rate")
             )
         self.use_checkpoint = use_checkpoint
         super().__init__(M, N, config=config)
@@ -217,11 +221,12 @@ class HPCMRWKV(HPCM):
     # ------------------------------------------------------------------ construction hooks
 
     def build_context_cell(self, stage: int) -> nn.Module:
-        """``attn_s{stage}``: an RWKVContextCell if listed in :attr:`rwkv_modules`, else HPCM's."""
+        """``attn_s{stage}``: a :attr:`cell_class` if listed in :attr:`rwkv_modules`, else
+        HPCM's."""
         if f"attn_s{stage}" not in self.rwkv_modules:
             return super().build_context_cell(stage)
         rate = dict(zip(self.rwkv_cell_stages(), self.cell_hidden_rates, strict=True))[stage]
-        return RWKVContextCell(2 * self.M, hidden_rate=rate, use_checkpoint=self.use_checkpoint)
+        return self.cell_class(2 * self.M, hidden_rate=rate, use_checkpoint=self.use_checkpoint)
 
     def build_context_net(self, stage: int) -> nn.Module:
         """``context_net[stage - 2]``: an RWKVFusionNet if listed in :attr:`rwkv_modules`."""
@@ -259,6 +264,17 @@ class HPCMPhase1(HPCMRWKV):
     RWKVContextCell (hidden rate 4); s1 and s2 keep HPCM's window cross-attention."""
 
     rwkv_modules = ("attn_s3",)
+
+
+@register_model("hpcm-phase1-lite")
+class HPCMPhase1Lite(HPCMRWKV):
+    """Phase 1 with the light cell: ``attn_s3`` is an RWKVContextCellLite (hidden rate 0.5: the
+    Bi-WKV runs on M channels, no ChannelMix), 0.48× the FLOPs of the cross-attention cell it
+    replaces (docs/blocks.md); s1 and s2 keep HPCM's window cross-attention."""
+
+    rwkv_modules = ("attn_s3",)
+    cell_class = RWKVContextCellLite
+    default_cell_hidden_rates = LITE_CELL_HIDDEN_RATES
 
 
 @register_model("hpcm-phase2")

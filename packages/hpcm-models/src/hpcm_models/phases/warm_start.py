@@ -8,8 +8,10 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoints import remap_keys
+from ..entropy import CODING_BUFFERS
 from ..errors import CheckpointError
-from ..hpcm.model import CODING_BUFFERS, HPCM, _listing
+from ..hpcm.model import HPCM, _listing
 from ..registry import get_model
 from .model import HPCMRWKV, _is_under
 
@@ -59,8 +61,8 @@ def from_baseline(name: str, state_dict: Mapping[str, Any], **kwargs: Any) -> Wa
 
     Args:
         name: a registered name, e.g. ``"hpcm-phase2"`` (see :func:`~hpcm_models.available_models`).
-        state_dict: an HPCM-Base checkpoint (or HPCM-Large with ``config=HPCM_LARGE``); a
-            ``module.`` prefix on every key (``nn.DataParallel``) is removed.
+        state_dict: an HPCM-Base checkpoint (or HPCM-Large with ``config=HPCM_LARGE``); keys are
+            remapped first (:func:`hpcm_models.checkpoints.remap_keys`).
         **kwargs: constructor options of the variant (``config``, ``cell_hidden_rates``,
             ``use_checkpoint``, …; see :class:`~hpcm_models.HPCMRWKV`).
 
@@ -73,8 +75,7 @@ def from_baseline(name: str, state_dict: Mapping[str, Any], **kwargs: Any) -> Wa
     """
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(f"expected a state dict (a mapping), got {type(state_dict).__name__}")
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    state_dict = remap_keys(state_dict)
     if "M" not in kwargs or "N" not in kwargs:
         try:
             kwargs.setdefault("N", int(state_dict["means_hyper"].shape[1]))

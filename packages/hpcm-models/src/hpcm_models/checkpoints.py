@@ -1,0 +1,338 @@
+"""Checkpoints: every ``torch.load`` of the package, one set of unwrap and key-remap rules, saving,
+model kwargs in their JSON form, and the models built from all that.
+
+Reading: :func:`read_checkpoint` is the one ``torch.load`` (``weights_only=True``, on the CPU);
+:func:`unwrap_checkpoint` finds the state dict in any supported layout (a raw state dict such as
+the authors' ``HPCM_Base_0.0018.pth.tar``, our training checkpoints, CompressAI's and other
+trainers' wrappers); :func:`remap_keys` brings old or wrapped key names to the model's (today: the
+``module.`` prefix of ``nn.DataParallel``). Models: :func:`load_checkpoint` (ready to code),
+:func:`random_model` (fresh weights, ready to code), :func:`build_model` (for training). Writing:
+:func:`save_checkpoint`, atomically (:func:`hpcm_models.image_io.write_atomic`).
+
+Shipped weights by name (CompressAI's ``zoo``: a table of URLs and hashes, a download cache, then
+:func:`load_checkpoint`) belong in this module too, in a section of their own; there are none yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .devices import resolve_device
+from .entropy import CODING_BUFFERS
+from .errors import CheckpointError
+from .hpcm.config import HPCMConfig
+from .hpcm.model import HPCM
+from .image_io import write_atomic
+from .registry import available_models, get_model, model_class
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "build_model",
+    "load_checkpoint",
+    "load_training_checkpoint",
+    "model_kwargs_from_json",
+    "model_kwargs_to_json",
+    "random_model",
+    "read_checkpoint",
+    "read_state_dict",
+    "remap_keys",
+    "save_checkpoint",
+    "to_json",
+    "unwrap_checkpoint",
+]
+
+#: ``"format"`` field of the checkpoints :func:`hpcm_models.training.train` writes.
+CHECKPOINT_FORMAT = "hpcm-train-checkpoint"
+#: ``"version"`` field of those checkpoints.
+CHECKPOINT_VERSION = 1
+
+# Where trainers keep the model's state dict in their checkpoints: ours and hpcm train's
+# ("model", with "model_name" and "model_kwargs" beside it), CompressAI's examples/train.py
+# ("state_dict"), and other common trainers.
+_STATE_DICT_KEYS = ("model", "state_dict", "network", "model_state_dict")
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: the object a checkpoint file
+    holds (only tensors and plain Python data can be read; no code runs).
+
+    Raises:
+        CheckpointError: missing, damaged or unsafe file.
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for damaged or unsafe files
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {_one_line(err)}") from None
+
+
+def unwrap_checkpoint(obj: Any, path: str) -> tuple[dict[str, Any], str | None, Any]:
+    """``(state dict, model name or None, model kwargs or None)`` of any supported checkpoint.
+
+    The state dict is the object itself if it maps names to tensors, else the first mapping found
+    under ``"model"``, ``"state_dict"``, ``"network"`` or ``"model_state_dict"``. The model's
+    name and kwargs are read from ``hpcm train`` checkpoints (``"model_name"``,
+    ``"model_kwargs"`` beside ``"model"``).
+
+    Raises:
+        CheckpointError: no state dict found (``path`` names the file in the message).
+    """
+    if isinstance(obj, Mapping):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                if key == "model":
+                    return dict(obj[key]), obj.get("model_name"), obj.get("model_kwargs")
+                return dict(obj[key]), None, None
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj), None, None
+    keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+    expected = ", ".join(repr(k) for k in _STATE_DICT_KEYS)
+    raise CheckpointError(
+        f"{path!r} holds no model state dict (expected a state dict, or a dict with one of "
+        f"{expected}; found {keys})"
+    )
+
+
+def remap_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The state dict under the names the models use: a ``module.`` prefix on every key
+    (``nn.DataParallel`` / ``DistributedDataParallel`` checkpoints) is removed.
+
+    Every state dict from a file goes through here (:meth:`hpcm_models.HPCM.from_state_dict`,
+    :func:`hpcm_models.from_baseline`): a future rename of a model's keys is mapped here, once,
+    as CompressAI's ``remap_old_keys`` does.
+    """
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The model state dict in a checkpoint file of any supported layout, keys remapped.
+
+    Raises:
+        CheckpointError: unreadable, or no state dict of tensors in it.
+    """
+    state, _, _ = unwrap_checkpoint(read_checkpoint(path), str(path))
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{str(path)!r} holds no model state dict")
+    return remap_keys(state)
+
+
+def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`hpcm_models.training.train`.
+
+    Raises:
+        CheckpointError: if the file is missing, unreadable, or not a training checkpoint.
+    """
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not an hpcm training checkpoint (no format={CHECKPOINT_FORMAT!r})"
+        )
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has training-checkpoint version {ckpt.get('version')!r}; this release "
+            f"reads version {CHECKPOINT_VERSION}"
+        )
+    return ckpt
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: a crash never leaves a half-written checkpoint
+    under ``path`` (:func:`hpcm_models.image_io.write_atomic`)."""
+    write_atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+# ---------------------------------------------------------------------------- model kwargs
+
+
+def to_json(value: Any) -> Any:
+    """``value`` as plain JSON data: dataclasses (an :class:`~hpcm_models.HPCMConfig`) become
+    dicts of all their fields, tuples lists, mapping keys strings, one-element tensors floats."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_json(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return value
+
+
+def model_kwargs_from_json(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor kwargs from their JSON form.
+
+    A ``"config"`` entry may be a mapping of :class:`~hpcm_models.HPCMConfig` fields; it replaces
+    those fields of the model's default configuration (lists become tuples). E.g.
+    ``{"M": 32, "N": 16, "config": {"transform_channels": [16, 32, 64]}}``. Other entries pass
+    through (``cell_hidden_rates``, ``use_checkpoint``, …).
+
+    Raises:
+        ValueError: for an unknown model name or an unknown config field.
+    """
+    out = dict(kwargs)
+    config = out.get("config")
+    if isinstance(config, Mapping):
+        base = getattr(model_class(name), "default_config", None)
+        if not isinstance(base, HPCMConfig):
+            raise ValueError(f"model {name!r} takes no HPCMConfig, got config={dict(config)!r}")
+        fields = {f.name for f in dataclasses.fields(HPCMConfig)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown config field(s) {unknown}; HPCMConfig has {', '.join(sorted(fields))}"
+            )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        out["config"] = dataclasses.replace(base, **values)
+    return out
+
+
+def model_kwargs_to_json(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`model_kwargs_from_json`: an ``HPCMConfig`` becomes a dict of all its
+    fields, tuples become lists."""
+    return {k: to_json(v) for k, v in kwargs.items()}
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def build_model(name: str, kwargs: Mapping[str, Any] | None = None) -> HPCM:
+    """``get_model(name, **kwargs)`` with the kwargs in their JSON form
+    (:func:`model_kwargs_from_json`)."""
+    model = get_model(name, **model_kwargs_from_json(name, kwargs or {}))
+    if not isinstance(model, HPCM):
+        raise ValueError(f"model {name!r} is not an HPCM model")
+    return model
+
+
+def _checkpoint_model(
+    path: str, saved_name: str | None, saved_kwargs: Any, model_name: str | None, model_kwargs: Any
+) -> tuple[str, dict[str, Any]]:
+    """The registry name and constructor kwargs of a checkpoint, from what it says and what the
+    caller says (which must agree)."""
+    if model_name is not None and saved_name is not None and model_name != saved_name:
+        raise CheckpointError(
+            f"checkpoint {path!r} holds a {saved_name!r} model, not {model_name!r}"
+        )
+    name = model_name or saved_name
+    if name is None:
+        raise CheckpointError(
+            f"checkpoint {path!r} does not say which model it holds; name it (--model)"
+        )
+    if name not in available_models():
+        raise CheckpointError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    if (
+        saved_kwargs is not None
+        and model_kwargs is not None
+        and dict(model_kwargs) != dict(saved_kwargs)
+    ):
+        raise CheckpointError(
+            f"checkpoint {path!r} was saved with model kwargs {dict(saved_kwargs)}, "
+            f"which differ from the given {dict(model_kwargs)}"
+        )
+    kwargs_json = dict(saved_kwargs if saved_kwargs is not None else (model_kwargs or {}))
+    try:
+        return name, model_kwargs_from_json(name, kwargs_json)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"bad model kwargs {kwargs_json}: {err}") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model_name: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> HPCM:
+    """Build a model from a checkpoint, ready to code (eval mode, rANS tables built).
+
+    Reads (with ``torch.load(weights_only=True)``):
+
+    * the authors' raw state dicts (``HPCM_Base_0.0018.pth.tar``), M and N read from the weights;
+    * our training checkpoints ``{"model": state_dict, "model_name": str, "model_kwargs": dict,
+      ...}`` (``model_kwargs`` in JSON form: a ``"config"`` entry is a dict of HPCMConfig fields);
+    * CompressAI training checkpoints ``{"state_dict": ..., ...}`` and the other layouts of
+      :func:`unwrap_checkpoint`.
+
+    A ``module.`` prefix (DataParallel) is removed; missing rANS tables are fine. The tables are
+    always rebuilt from the weights (``update(force=True)``, with the checkpoint's scale table if
+    it has one), so they match the weights.
+
+    Args:
+        path: the checkpoint file.
+        model_name: registry name; required unless the checkpoint names its model (and must agree
+            with it if it does).
+        device: where the model goes.
+        model_kwargs: constructor kwargs (JSON form) for checkpoints that carry none; M and N are
+            read from the weights if absent.
+
+    Raises:
+        CheckpointError: unreadable file, unknown or mismatching model, missing/unexpected keys
+            (named), wrong shapes.
+    """
+    path_str = str(path)
+    state, saved_name, saved_kwargs = unwrap_checkpoint(read_checkpoint(path), path_str)
+    name, kwargs = _checkpoint_model(path_str, saved_name, saved_kwargs, model_name, model_kwargs)
+    cls = model_class(name)
+    if not (isinstance(cls, type) and issubclass(cls, HPCM)):
+        raise CheckpointError(f"model {name!r} is not an HPCM model; the codec cannot code it")
+    M, N = kwargs.pop("M", None), kwargs.pop("N", None)
+    state = remap_keys(state)
+    for key in CODING_BUFFERS:  # built by update() below
+        state.setdefault(key, torch.empty(0))
+    try:
+        model = cls.from_state_dict(state, **kwargs)
+    except CheckpointError:
+        raise
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path_str!r} does not fit {name}: {_one_line(err)}"
+        ) from None
+    for key, want, have in (("M", M, model.M), ("N", N, model.N)):
+        if want is not None and want != have:
+            raise CheckpointError(f"model kwargs say {key}={want}, the weights have {key}={have}")
+    model.eval()
+    scale_table = model.scale_table if model.scale_table.numel() else None
+    try:
+        model.update(scale_table=scale_table, force=True)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path_str!r} has a bad scale table: {err}") from None
+    return model.to(resolve_device(device))
+
+
+def random_model(
+    model_name: str, *, seed: int = 0, device: str | torch.device = "cpu", **model_kwargs: Any
+) -> HPCM:
+    """A model with freshly initialized weights (``torch.manual_seed(seed)``), ready to code.
+
+    For demos and tests only: it does not compress well. The global RNG state is left untouched.
+    ``model_kwargs`` are in JSON form (see :func:`load_checkpoint`).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_model(model_name, **model_kwargs_from_json(model_name, model_kwargs))
+    if not isinstance(model, HPCM):
+        raise ValueError(f"model {model_name!r} is not an HPCM model; the codec cannot code it")
+    model.eval()
+    model.update()
+    return model.to(resolve_device(device))

@@ -1,0 +1,126 @@
+"""What the ``hpcm`` subcommands share: the subparser, option types and options, the device,
+random weights, progress lines and JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpcm_models.errors import HPCMError
+
+__all__ = [
+    "add_models_option",
+    "add_weight_options",
+    "json_object",
+    "prepare_device",
+    "progress",
+    "random_weights",
+    "subcommand",
+    "write_json",
+]
+
+
+def subcommand(
+    subparsers: argparse._SubParsersAction, name: str, help: str, description: str, epilog: str
+) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (its epilog printed as written)."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def add_models_option(
+    p: argparse.ArgumentParser, nargs: str, default: Sequence[str], help: str
+) -> None:
+    """``--models NAME ...``: registered model names."""
+    from hpcm_models.registry import available_models
+
+    p.add_argument(
+        "--models",
+        nargs=nargs,
+        choices=available_models(),
+        default=list(default),
+        metavar="NAME",
+        help=help,
+    )
+
+
+def add_weight_options(p: argparse.ArgumentParser) -> None:
+    """The options that say where the weights come from (``compress`` and ``decompress``)."""
+    g = p.add_argument_group("weights (one of --checkpoint, --random-weights)")
+    source = g.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="CKPT",
+        help="raw state dict (the authors' .pth.tar) or an `hpcm train` checkpoint",
+    )
+    source.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="freshly initialized weights from --seed: for demos and tests, compresses badly",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default: 0)")
+    g.add_argument(
+        "--model-kwargs",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="constructor kwargs for raw state dicts and --random-weights, e.g. '{\"M\": 192}'",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+
+
+def prepare_device(spec: str) -> Any:
+    """Resolve ``--device``; on CUDA ask cuBLAS for its deterministic workspace (before any
+    matmul of the process, which is when PyTorch reads the variable)."""
+    from hpcm_models.devices import resolve_device
+
+    device = resolve_device(spec)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return device
+
+
+def random_weights(name: str, seed: int, device: Any, kwargs: dict[str, Any]) -> Any:
+    """:func:`hpcm_models.checkpoints.random_model`, with bad ``--model-kwargs`` as one-line
+    errors."""
+    from hpcm_models.checkpoints import random_model
+
+    try:
+        return random_model(name, seed=seed, device=device, **kwargs)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, HPCMError):
+            raise
+        raise HPCMError(f"cannot build {name} with --model-kwargs {kwargs}: {err}") from None
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (results go to stdout)."""
+    print(f"  ... {message}", file=sys.stderr, flush=True)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
