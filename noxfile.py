@@ -194,6 +194,8 @@ def build(session: nox.Session) -> None:
         "hpcm-models": "import hpcm_models.cli as c; c.main(['--version'])",
     }
     links = [arg for p in PACKAGES for arg in ("--find-links", str(dist / p))]
+    # A rebuilt wheel keeps its name while the version is unchanged: never take uv's cached copy.
+    links += [arg for p in PACKAGES for arg in ("--refresh-package", p)]
     for package in PACKAGES:
         venv = ROOT / ".nox" / "build-smoke" / package
         session.run("uv", "venv", "--quiet", "--clear", "--python", sys.executable, str(venv))
