@@ -30,6 +30,7 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv >"$out/gpu.txt" 2>&1
 step build 120 python3 -c "import biwkv4_kernel as b, time; t=time.time(); print(b.cuda_kernel_available(), b.cuda_kernel_status(), f'{time.time()-t:.1f} s')"
 step gpu_tests "${GPU_TESTS_LIMIT:-300}" python3 -m nox -s gpu -- -q -rfE --durations=15 -p no:cacheprovider --junitxml="$out/gpu-junit.xml" -o junit_family=xunit1
+step bench_kernel "${KERNEL_BENCH_LIMIT:-240}" python3 benchmarks/bench_biwkv4.py --json "$out/bench_biwkv4.json"
 step bench_codec "${CODEC_LIMIT:-120}" python3 benchmarks/bench_codec.py --device cuda --json "$out/bench_codec.json"
 step bench_models "${BENCH_LIMIT:-300}" python3 -m hpcm_models.cli bench --device cuda --repeat 5 --warmup 2 --json "$out/bench_models.json"
 cat "$out/summary.txt"
