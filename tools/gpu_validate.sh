@@ -13,7 +13,7 @@ set -uo pipefail
 out=${1:-${OUT:-gpu-results}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
-steps=" ${STEPS:-build gpu_tests bench_codec bench_models} "
+steps=" ${STEPS:-build gpu_tests bench_kernel bench_codec bench_models} "
 if [ -d .whl/nox ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/nox-site .whl/nox/*.whl
 fi
@@ -35,6 +35,7 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv >"$out/gpu.txt" 2>&1
 step build 120 python3 -c "import biwkv4_kernel as b, time; t=time.time(); print(b.cuda_kernel_available(), b.cuda_kernel_status(), f'{time.time()-t:.1f} s')"
 step gpu_tests "${GPU_TESTS_LIMIT:-300}" python3 -m nox -s gpu -- -q -rfE --durations=15 -p no:cacheprovider --junitxml="$out/gpu-junit.xml" -o junit_family=xunit1
+step bench_kernel "${KERNEL_BENCH_LIMIT:-240}" python3 benchmarks/bench_biwkv4.py --json "$out/bench_biwkv4.json"
 # The codec on this machine (CPU and cuda-marked tests): the rANS coder's kernels compile here
 # (numba), the golden files, old and new coder byte for byte, the hash thread, graphs.
 step codec_tests "${CODEC_TESTS_LIMIT:-240}" python3 -m pytest -q -rfE -p no:cacheprovider \

@@ -129,6 +129,23 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(
     assert groups["wkv"]["lr"] == pytest.approx(groups["decay"]["lr"] / 10)
 
 
+def test_stop_at_pauses_a_run_that_resume_finishes_bitwise(
+    images: Path, straight_run: Path, tmp_path: Path
+) -> None:
+    """``--stop-at`` ends an invocation early on the schedule of ``--steps``: resuming it gives
+    the uninterrupted run."""
+    run = tmp_path / "run"
+    assert main([*train_args(images, run, 3, "--no-tensorboard"), "--stop-at", "2"]) == 0
+    assert load_training_checkpoint(run / "latest.pt")["step"] == 2
+    assert [r["step"] for r in read_rows(run / "train_log.csv")] == ["1", "2"]
+    assert main([*train_args(images, run, 3, "--no-tensorboard"), "--resume"]) == 0
+    expected, got = read_rows(straight_run / "train_log.csv"), read_rows(run / "train_log.csv")
+    assert [r["step"] for r in got] == ["1", "2", "3"]
+    for a, b in zip(expected, got, strict=True):
+        for key in ("loss", "bpp", "mse", "lr", "grad_norm"):
+            assert a[key] == b[key], (a["step"], key)
+
+
 def test_training_writes_checkpoints_logs_and_tensorboard(straight_run: Path) -> None:
     ckpt = load_training_checkpoint(straight_run / "latest.pt")
     assert ckpt["format"] == CHECKPOINT_FORMAT

@@ -16,6 +16,7 @@ from hpcm_models.errors import HPCMError
 __all__ = [
     "add_models_option",
     "add_weight_options",
+    "check_shipped_options",
     "json_object",
     "prepare_device",
     "progress",
@@ -65,10 +66,11 @@ def add_models_option(
     )
 
 
-def add_weight_options(p: argparse.ArgumentParser) -> None:
-    """The options that say where the weights come from (``compress`` and ``decompress``)."""
-    g = p.add_argument_group("weights (one of --checkpoint, --random-weights)")
-    source = g.add_mutually_exclusive_group(required=True)
+def add_weight_options(p: argparse.ArgumentParser, shipped: str) -> None:
+    """The options that say where the weights come from (``compress`` and ``decompress``);
+    ``shipped`` says which shipped weights are used when neither is given."""
+    g = p.add_argument_group(f"weights (default: {shipped})")
+    source = g.add_mutually_exclusive_group()
     source.add_argument(
         "--checkpoint",
         type=Path,
@@ -84,11 +86,27 @@ def add_weight_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model-kwargs",
         type=json_object,
-        default={},
         metavar="JSON",
         help="constructor kwargs for raw state dicts and --random-weights, e.g. '{\"M\": 192}'",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+
+
+def check_shipped_options(args: argparse.Namespace) -> bool:
+    """Whether ``args`` ask for the shipped weights (neither ``--checkpoint`` nor
+    ``--random-weights``); refuses ``--model-kwargs`` then, and ``--quality`` otherwise."""
+    shipped = args.checkpoint is None and not args.random_weights
+    if shipped and args.model_kwargs is not None:
+        raise HPCMError(
+            "--model-kwargs cannot change the shipped weights' model; it goes with --checkpoint "
+            "or --random-weights"
+        )
+    if not shipped and getattr(args, "quality", None) is not None:
+        raise HPCMError(
+            "--quality selects shipped weights; it cannot be used with --checkpoint or "
+            "--random-weights"
+        )
+    return shipped
 
 
 def prepare_device(spec: str) -> Any:

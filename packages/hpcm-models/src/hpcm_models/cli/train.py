@@ -66,6 +66,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-val-images", type=int, help="validate on the first N images only")
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, required=True, help="total optimizer steps of the run")
+    g.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="end this invocation at STEP (validated and saved as at the end); --resume "
+        "continues the same --steps schedule",
+    )
     g.add_argument("--lmbda", type=float, default=0.013, help="λ (default: 0.013)")
     g.add_argument("--metric", choices=("mse", "ms-ssim"), default="mse")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
@@ -132,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         val_dataset=args.val_dataset,
         output=args.output,
         steps=args.steps,
+        stop_at=args.stop_at,
         patch_size=args.patch_size,
         batch_size=args.batch_size,
         lmbda=args.lmbda,

@@ -64,7 +64,10 @@ class TrainConfig:
         dataset: training image folder (searched recursively).
         output: run directory: ``latest.pt``, ``best.pt``, ``train_log.csv``, ``val_log.csv``,
             ``tensorboard/``, ``config.json``.
-        steps: total optimizer steps of the run.
+        steps: total optimizer steps of the run (the learning-rate schedule spans them).
+        stop_at: end this invocation at this step instead of ``steps`` (it validates, saves and
+            logs there as at the end; ``--resume`` continues the same schedule later). ``None``:
+            run to ``steps``.
         model_kwargs: constructor kwargs, JSON form (see :func:`model_kwargs_from_json`).
         lr_milestones: absolute steps of the learning-rate drops; ``None``: HPCM's schedule
             stretched over ``steps`` (:meth:`LRSchedule.hpcm`). ``lr_factors`` go with them.
@@ -88,6 +91,7 @@ class TrainConfig:
     dataset: Path
     output: Path
     steps: int
+    stop_at: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     patch_size: int = 256
     batch_size: int = 8
@@ -114,12 +118,21 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
 
+    @property
+    def end_step(self) -> int:
+        """The step this invocation ends at: ``steps``, or ``stop_at`` if earlier."""
+        return self.steps if self.stop_at is None else min(self.steps, self.stop_at)
+
     def validate(self) -> None:
         """Raise :class:`HPCMError`-derived or ``ValueError`` errors for inconsistent settings."""
         for name in ("steps", "batch_size", "val_every", "save_every", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
+        if self.stop_at is not None and (
+            isinstance(self.stop_at, bool) or not isinstance(self.stop_at, int) or self.stop_at < 1
+        ):
+            raise ValueError(f"expected stop_at to be an int >= 1, got {self.stop_at!r}")
         multiple = HPCM.INPUT_MULTIPLE
         if self.patch_size < multiple or self.patch_size % multiple:
             raise ValueError(

@@ -122,7 +122,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict[str, Any]:
     from tqdm import tqdm
 
     bar = tqdm(
-        total=cfg.steps,
+        total=cfg.end_step,
         initial=run.step,
         disable=not (d.main and cfg.progress),
         desc="train",
@@ -132,10 +132,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict[str, Any]:
     batches = iter(run.loader)
     run.started = time.perf_counter()
     try:
-        while run.step < cfg.steps:
+        while run.step < cfg.end_step:
             values, grad_norm, lr = _train_step(run, next(batches))
             bar.update(1)
-            if d.main and (run.step % cfg.log_every == 0 or run.step == cfg.steps):
+            if d.main and (run.step % cfg.log_every == 0 or run.step == cfg.end_step):
                 _log_step(run, values, grad_norm, lr)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", bpp=f"{values['bpp']:.4f}",
                                 psnr=f"{values['psnr']:.2f}")  # fmt: skip
@@ -418,7 +418,7 @@ def _log_step(run: _Run, values: Mapping[str, float], grad_norm: Any, lr: float)
 def _validate_and_log(run: _Run) -> bool:
     """Validate when it is time to; whether the model is the best so far."""
     cfg = run.cfg
-    if not run.val_files or not (run.step % cfg.val_every == 0 or run.step == cfg.steps):
+    if not run.val_files or not (run.step % cfg.val_every == 0 or run.step == cfg.end_step):
         return False
     val = _validate(run.model, run.criterion, run.val_files, run.device, run.d, cfg.amp == "bf16")
     is_best = math.isfinite(val["loss"]) and val["loss"] < run.best_loss
@@ -489,7 +489,7 @@ def _save(run: _Run, is_best: bool) -> None:
     """Rank 0 writes ``latest.pt`` every ``save_every`` steps and at the end, ``best.pt`` when
     validation improved."""
     cfg = run.cfg
-    due = run.step % cfg.save_every == 0 or run.step == cfg.steps
+    due = run.step % cfg.save_every == 0 or run.step == cfg.end_step
     if not run.d.main or not (is_best or due):
         return
     state = _checkpoint(run)
