@@ -57,6 +57,8 @@ _FLAGS = {
     "model": "--model",
     "cuda_graphs": "--cuda-graphs",
     "cache_images": "--cache-images",
+    "from_baseline": "--from-baseline",
+    "warmup_steps": "--warmup-steps",
 }
 _PLAN_ONLY = {"name"}
 
@@ -79,9 +81,15 @@ def load_plan(path: Path) -> list[dict[str, Any]]:
 
 
 def train_command(
-    run: dict[str, Any], data: Path, output: Path, steps: int, extra: tuple[str, ...] = ()
+    run: dict[str, Any],
+    data: Path,
+    output: Path,
+    steps: int,
+    extra: tuple[str, ...] = (),
+    save_every: int | None = None,
 ) -> list[str]:
-    """The ``hpcm train`` command line of one run (``extra``: more flags, e.g. ``--resume``)."""
+    """The ``hpcm train`` command line of one run (``extra``: more flags, e.g. ``--resume``;
+    ``save_every``: steps between saves, default a quarter of the run)."""
     cmd = [sys.executable, "-m", "hpcm_models.cli", "train"]
     for key, flag in _FLAGS.items():
         if key not in run:
@@ -94,7 +102,7 @@ def train_command(
     cmd += [
         "--dataset", str(data / "train"), "--val-dataset", str(data / "val"),
         "--output", str(output / run["name"]), "--steps", str(steps),
-        "--val-every", str(steps), "--save-every", str(max(steps // 4, 1)),
+        "--val-every", str(steps), "--save-every", str(save_every or max(steps // 4, 1)),
         "--log-every", str(max(1, min(50, steps // 4))), "--no-progress", "--no-tensorboard",
         *extra,
     ]  # fmt: skip
@@ -108,6 +116,7 @@ def launch(
     steps: int,
     deadline: float = math.inf,
     extra: tuple[str, ...] = (),
+    save_every: int | None = None,
 ) -> dict[str, Any]:
     """Start every run and wait for all, or stop them at ``deadline`` (``time.monotonic()``);
     returns name → return code and seconds."""
@@ -115,7 +124,7 @@ def launch(
     for run in runs:
         directory = output / run["name"]
         directory.mkdir(parents=True, exist_ok=True)
-        cmd = train_command(run, data, output, steps, extra)
+        cmd = train_command(run, data, output, steps, extra, save_every)
         with (directory / "command.txt").open("a") as f:  # a resumed run adds its command
             f.write(" ".join(cmd[1:]) + "\n")
         log = open(directory / "stdout.log", "w")  # noqa: SIM115 - closed below
@@ -127,7 +136,7 @@ def launch(
             if name in results:
                 continue
             if time.monotonic() > deadline and proc.poll() is None:
-                # hpcm train saves latest.pt every quarter of the run: what it has stays usable.
+                # hpcm train saves latest.pt every --save-every steps: what it has stays usable.
                 print(f"{name}: stopped at the deadline", flush=True)
                 proc.terminate()
                 proc.wait()
@@ -176,16 +185,11 @@ def export(run_dir: Path, target: Path, meta: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from hpcm_models.checkpoints import load_training_checkpoint
-    from hpcm_models.entropy import CODING_BUFFERS
+    from hpcm_models.pretrained import fp16_state_dict
 
     ckpt = load_training_checkpoint(run_dir / "latest.pt")
-    state = {
-        k: (v.half() if v.is_floating_point() else v)
-        for k, v in ckpt["model"].items()
-        if k not in CODING_BUFFERS
-    }
     out = {
-        "model": state,
+        "model": fp16_state_dict(ckpt["model"], str(run_dir / "latest.pt")),
         "model_name": ckpt["model_name"],
         "model_kwargs": ckpt["model_kwargs"],
         "meta": {**meta, "step": ckpt["step"], "train_args": ckpt["args"]},
@@ -211,7 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-steps", type=int, default=150)
     p.add_argument("--resume", action="store_true", help="continue each run (hpcm train --resume)")
     p.add_argument("--stop-at", type=int, metavar="STEP", help="end each run at STEP (hpcm train)")
+    p.add_argument(
+        "--save-every",
+        type=int,
+        metavar="N",
+        help="steps between saves of latest.pt (default: a quarter of the run); with --deadline, "
+        "what a stopped run loses",
+    )
     p.add_argument("--export", type=Path, metavar="DIR", help="write fp16 weights here")
+    p.add_argument(
+        "--summary", type=Path, metavar="FILE", help="where to write it (default: OUTPUT/summary.json)"
+    )
     p.add_argument(
         "--deadline",
         type=float,
@@ -243,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     summary["steps"] = steps
     extra = ("--resume",) if args.resume else ()
     extra += ("--stop-at", str(args.stop_at)) if args.stop_at else ()
-    summary["results"] = launch(runs, args.data, args.output, steps, deadline, extra)
+    summary["results"] = launch(
+        runs, args.data, args.output, steps, deadline, extra, args.save_every
+    )
     if args.export is not None:
         import torch
 
@@ -263,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             val = _log_rows(directory / "val_log.csv")
             if val:
                 summary["results"][run["name"]]["val"] = val[-1]
-    (args.output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.summary or args.output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     failed = any(
         r["returncode"] and not r.get("stopped_at_deadline") for r in summary["results"].values()

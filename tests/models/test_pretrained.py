@@ -128,7 +128,9 @@ def test_weights_file_layout(weights: Path) -> None:
     assert not set(CODING_BUFFERS) & set(obj["model"])
     floats = [v for v in obj["model"].values() if v.is_floating_point()]
     assert floats
-    assert all(v.dtype == torch.float16 for v in floats)
+    small = pretrained.FP32_MAX_NUMEL
+    assert all(v.dtype == torch.float16 for v in floats if v.numel() > small)
+    assert all(v.dtype == torch.float32 for v in floats if v.numel() <= small)
     assert set(obj[TABLES_KEY]) == set(CODING_BUFFERS)
     assert obj["meta"]["lmbda"] == LMBDAS[1]
     assert obj["meta"]["step"] == 100
@@ -180,7 +182,7 @@ def test_make_weights_file_from_an_fp16_export(tmp_path: Path) -> None:
     latest = training_checkpoint(tmp_path / "latest.pt", 2)
     ckpt = torch.load(latest, weights_only=True)
     export = {
-        "model": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+        "model": pretrained.fp16_state_dict(ckpt["model"]),
         "model_name": "hpcm-small",
         "model_kwargs": MICRO,
         "meta": {"run": {"lmbda": 0.0067}, "torch": torch.__version__, "step": 100},
@@ -214,10 +216,11 @@ def test_make_weights_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="quality"):
         pretrained.make_weights_file(tmp_path / "no_lmbda.pt", tmp_path / "o.pt", quality=0)
     state = net.state_dict()
-    state["means_hyper"] = state["means_hyper"] + 1e6
+    big = next(k for k, v in state.items() if v.numel() > pretrained.FP32_MAX_NUMEL)
+    state[big] = state[big] + 1e6
     torch.save({"model": state, "model_name": "hpcm-small", "model_kwargs": MICRO},
                tmp_path / "big.pt")  # fmt: skip
-    with pytest.raises(CheckpointError, match="means_hyper is not finite in fp16"):
+    with pytest.raises(CheckpointError, match=f"{big} is not finite in fp16"):
         pretrained.make_weights_file(tmp_path / "big.pt", tmp_path / "o.pt", quality=1, lmbda=0.1)
     with pytest.raises(CheckpointError, match="holds a 'hpcm-small' model, not 'hpcm-base'"):
         pretrained.make_weights_file(
@@ -395,6 +398,32 @@ def test_add_to_index_replaces_the_same_quality(copy: Path, tmp_path: Path) -> N
 
 
 # ---------------------------------------------------------------------------- the package's
+
+
+def _likelihood_bounds(model: torch.nn.Module) -> dict[str, float]:
+    return {k: float(v) for k, v in model.state_dict().items() if "likelihood_lower_bound" in k}
+
+
+def test_weights_files_keep_the_likelihood_bound(weights: Path) -> None:
+    """The likelihood bound (1e-9) is 0 in fp16: a weights file keeps it in fp32, so the loaded
+    model's rate estimate stays finite where a symbol is far out in a tail."""
+    fresh = _likelihood_bounds(random_model("hpcm-small", seed=0, **MICRO))
+    model = load_checkpoint(weights / "hpcm-small-q1.pt")
+    assert fresh and _likelihood_bounds(model) == fresh
+    assert all(value == pytest.approx(1e-9, rel=1e-6) for value in fresh.values())
+    p = model.entropy_estimation(torch.tensor([1000.0]), torch.tensor([0.5]))  # far in a tail
+    assert float(p) == pytest.approx(1e-9, rel=1e-6)
+
+
+def test_the_package_files_keep_the_likelihood_bound() -> None:
+    """The same for the weights that ship (a file made by an exporter that wrote every tensor in
+    fp16 would give an infinite rate estimate on some photos)."""
+    for entry in pretrained.read_index(Path(hpcm_models.__file__).parent / "weights"):
+        model = hpcm_models.get_model(entry.model, quality=entry.quality, pretrained=True)
+        bounds = _likelihood_bounds(model)
+        assert bounds and all(v == pytest.approx(1e-9, rel=1e-6) for v in bounds.values()), (
+            entry.file
+        )
 
 
 def test_the_package_table() -> None:

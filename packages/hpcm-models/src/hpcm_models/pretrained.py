@@ -10,7 +10,8 @@ was trained. Quality 1 is the lowest rate; the default is the middle one.
 A weights file (:func:`make_weights_file` writes one from a training checkpoint) holds::
 
     {"format": "hpcm-weights", "version": 1,
-     "model": state dict in fp16 (no rANS tables), "model_name": str, "model_kwargs": {...},
+     "model": state dict in fp16 (no rANS tables; tensors of <= 64 elements in fp32),
+     "model_name": str, "model_kwargs": {...},
      "coding_tables": the rANS tables, packed (GeneralizedGaussian.packed_tables),
      "weights_hash": hex digest (hashes.weights_hash),
      "meta": {how it was trained, where the tables were built}}
@@ -59,6 +60,7 @@ from .image_io import write_atomic
 
 __all__ = [
     "DEFAULT_MODEL",
+    "FP32_MAX_NUMEL",
     "INDEX_NAME",
     "MAX_SHIPPED_BYTES",
     "WEIGHTS_ENV",
@@ -68,6 +70,7 @@ __all__ = [
     "add_to_index",
     "default_quality",
     "find_weights",
+    "fp16_state_dict",
     "load_pretrained",
     "make_weights_file",
     "pretrained_models",
@@ -434,7 +437,7 @@ def make_weights_file(
     payload: dict[str, Any] = {
         "format": WEIGHTS_FORMAT,
         "version": WEIGHTS_VERSION,
-        "model": _fp16_weights(remap_keys(state), source_str),
+        "model": fp16_state_dict(remap_keys(state), source_str),
         "model_name": saved_name or model_name,
         "model_kwargs": to_json(dict(kwargs or {})),
     }
@@ -509,16 +512,27 @@ def _find_lmbda(meta: Mapping[str, Any]) -> float | None:
     return None
 
 
-def _fp16_weights(state: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
-    """The state dict without its rANS tables, floating tensors in fp16 (copies, so that no
-    larger storage is saved with them)."""
+# Tensors this small stay in float32 when weights are stored in fp16: they are constants such as
+# the likelihood bound 1e-9, which fp16 (smallest subnormal 6e-8) would turn into 0, and so an
+# infinite rate; they cost nothing.
+FP32_MAX_NUMEL = 64
+
+
+def fp16_state_dict(state: Mapping[str, Any], source: str = "state dict") -> dict[str, torch.Tensor]:
+    """The state dict for shipping: without its rANS tables, floating tensors in fp16 except
+    those of at most :data:`FP32_MAX_NUMEL` elements, which stay float32 (copies, so that no larger
+    storage is saved with them).
+
+    Raises:
+        CheckpointError: if a tensor does not fit fp16 (``|x| > 65504``), naming it.
+    """
     out = {}
     for key, value in state.items():
         if key in CODING_BUFFERS or not isinstance(value, torch.Tensor):
             continue
         value = value.detach().to("cpu")
         if value.is_floating_point():
-            value = value.half()
+            value = value.float() if value.numel() <= FP32_MAX_NUMEL else value.half()
             if not bool(torch.isfinite(value).all()):
                 raise CheckpointError(f"{source!r}: {key} is not finite in fp16 (|x| > 65504)")
         out[key] = value.clone()

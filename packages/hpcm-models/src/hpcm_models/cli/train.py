@@ -96,6 +96,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="F",
         help="learning rate from each milestone on, relative to --lr (default: 0.3 0.1 0.01)",
     )
+    g.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ramp the learning rate up linearly over the first N steps (default: 0; a few "
+        "hundred when starting from trained weights, e.g. with --from-baseline)",
+    )
     g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0 = off")
     g.add_argument("--amp", choices=("off", "bf16"), default="off", help="bf16 autocast")
     g.add_argument(
@@ -148,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         decay_lr=args.decay_lr,
         lr_milestones=args.lr_milestones,
         lr_factors=args.lr_factors,
+        warmup_steps=args.warmup_steps,
         clip_grad=args.clip_grad,
         device=args.device,
         amp=args.amp,

@@ -239,10 +239,10 @@ def _optimizer(
     else:
         optimizer = torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.lr_milestones is None:
-        schedule = LRSchedule.hpcm(cfg.steps)
-        schedule.factors = list(cfg.lr_factors)
+        milestones = LRSchedule.hpcm(cfg.steps).milestones
     else:
-        schedule = LRSchedule(list(cfg.lr_milestones), list(cfg.lr_factors))
+        milestones = list(cfg.lr_milestones)
+    schedule = LRSchedule(milestones, list(cfg.lr_factors), warmup=cfg.warmup_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule
 
 
