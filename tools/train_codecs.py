@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--export", type=Path, metavar="DIR", help="write fp16 weights here")
     p.add_argument(
-        "--summary", type=Path, metavar="FILE", help="where to write it (default: OUTPUT/summary.json)"
+        "--summary", type=Path, metavar="FILE", help="write it here (default: OUTPUT/summary.json)"
     )
     p.add_argument(
         "--deadline",

@@ -409,7 +409,8 @@ def test_weights_files_keep_the_likelihood_bound(weights: Path) -> None:
     model's rate estimate stays finite where a symbol is far out in a tail."""
     fresh = _likelihood_bounds(random_model("hpcm-small", seed=0, **MICRO))
     model = load_checkpoint(weights / "hpcm-small-q1.pt")
-    assert fresh and _likelihood_bounds(model) == fresh
+    assert fresh
+    assert _likelihood_bounds(model) == fresh
     assert all(value == pytest.approx(1e-9, rel=1e-6) for value in fresh.values())
     p = model.entropy_estimation(torch.tensor([1000.0]), torch.tensor([0.5]))  # far in a tail
     assert float(p) == pytest.approx(1e-9, rel=1e-6)
@@ -421,9 +422,8 @@ def test_the_package_files_keep_the_likelihood_bound() -> None:
     for entry in pretrained.read_index(Path(hpcm_models.__file__).parent / "weights"):
         model = hpcm_models.get_model(entry.model, quality=entry.quality, pretrained=True)
         bounds = _likelihood_bounds(model)
-        assert bounds and all(v == pytest.approx(1e-9, rel=1e-6) for v in bounds.values()), (
-            entry.file
-        )
+        assert bounds, entry.file
+        assert all(v == pytest.approx(1e-9, rel=1e-6) for v in bounds.values()), entry.file
 
 
 def test_the_package_table() -> None:

@@ -518,7 +518,9 @@ def _find_lmbda(meta: Mapping[str, Any]) -> float | None:
 FP32_MAX_NUMEL = 64
 
 
-def fp16_state_dict(state: Mapping[str, Any], source: str = "state dict") -> dict[str, torch.Tensor]:
+def fp16_state_dict(
+    state: Mapping[str, Any], source: str = "state dict"
+) -> dict[str, torch.Tensor]:
     """The state dict for shipping: without its rANS tables, floating tensors in fp16 except
     those of at most :data:`FP32_MAX_NUMEL` elements, which stay float32 (copies, so that no larger
     storage is saved with them).

@@ -159,8 +159,10 @@ class TrainConfig:
             raise ValueError(f"expected amp 'off' or 'bf16', got {self.amp!r}")
         if self.num_workers < 0:
             raise ValueError(f"expected num_workers >= 0, got {self.num_workers}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or (
-            self.warmup_steps < 0
+        if (
+            isinstance(self.warmup_steps, bool)
+            or not isinstance(self.warmup_steps, int)
+            or (self.warmup_steps < 0)
         ):
             raise ValueError(f"expected warmup_steps to be an int >= 0, got {self.warmup_steps!r}")
         if self.lr_milestones is not None and len(self.lr_milestones) != len(self.lr_factors):
