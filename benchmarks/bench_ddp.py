@@ -184,7 +184,8 @@ def main() -> int:
             load_average_before_after=[load_before[0], os.getloadavg()[0]],
         )
         if label == "cuda-nccl":
-            machine["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+            version = torch.cuda.nccl.version()  # a tuple in recent torch, an int before
+            machine["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else version
         document = {
             "benchmark": "bench_ddp", "mode": label, "machine": machine,
             "settings": {**mode, "nproc": nproc, "models": args.models}, "points": points,
