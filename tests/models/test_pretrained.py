@@ -191,6 +191,17 @@ def test_make_weights_file_from_an_fp16_export(tmp_path: Path) -> None:
     a = pretrained.make_weights_file(latest, tmp_path / "a.pt", quality=2)
     b = pretrained.make_weights_file(tmp_path / "export.pt", tmp_path / "b.pt", quality=2)
     assert a.weights_hash == b.weights_hash
+    # An export of the first exporter, every tensor in fp16: the likelihood bound it flushed to 0
+    # is put back from the model's constructor (and said so).
+    export["model"] = {k: v.half() for k, v in ckpt["model"].items() if k not in CODING_BUFFERS}
+    torch.save(export, tmp_path / "old.pt")
+    pretrained.make_weights_file(tmp_path / "old.pt", tmp_path / "c.pt", quality=2)
+    assert _likelihood_bounds(load_checkpoint(tmp_path / "c.pt")) == {
+        "entropy_estimation.likelihood_lower_bound.bound": pytest.approx(1e-9, rel=1e-6)
+    }
+    meta = read_checkpoint(tmp_path / "c.pt")["meta"]
+    assert meta["restored_bounds"] == ["entropy_estimation.likelihood_lower_bound.bound"]
+    assert "restored_bounds" not in read_checkpoint(tmp_path / "b.pt")["meta"]
     assert (a.lmbda, b.lmbda) == (0.0067, 0.0067)
     assert b.trained["step"] == 100
     # Making a file from a weights file gives the same weights again, and keeps its tables
@@ -216,7 +227,13 @@ def test_make_weights_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="quality"):
         pretrained.make_weights_file(tmp_path / "no_lmbda.pt", tmp_path / "o.pt", quality=0)
     state = net.state_dict()
-    big = next(k for k, v in state.items() if v.numel() > pretrained.FP32_MAX_NUMEL)
+    big = next(
+        k
+        for k, v in state.items()
+        if v.is_floating_point()
+        and v.numel() > pretrained.FP32_MAX_NUMEL
+        and k not in CODING_BUFFERS
+    )
     state[big] = state[big] + 1e6
     torch.save({"model": state, "model_name": "hpcm-small", "model_kwargs": MICRO},
                tmp_path / "big.pt")  # fmt: skip

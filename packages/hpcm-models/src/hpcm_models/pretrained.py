@@ -44,6 +44,7 @@ import torch
 from .checkpoints import (
     CHECKPOINT_FORMAT,
     TABLES_KEY,
+    build_model,
     load_checkpoint,
     model_kwargs_from_json,
     read_checkpoint,
@@ -446,6 +447,9 @@ def make_weights_file(
     carried = isinstance(obj, Mapping) and TABLES_KEY in obj
     if carried:
         payload[TABLES_KEY] = obj[TABLES_KEY]
+    restored = _restore_flushed_bounds(payload["model"], payload["model_name"], kwargs)
+    if restored:
+        meta["restored_bounds"] = restored
     model = _load_fp16(payload, source_str, model_name, model_kwargs)
     payload[TABLES_KEY] = model.entropy_estimation.packed_tables()
     payload["weights_hash"] = weights_hash(model).hex()
@@ -510,6 +514,29 @@ def _find_lmbda(meta: Mapping[str, Any]) -> float | None:
         if isinstance(where, Mapping) and isinstance(where.get("lmbda"), int | float):
             return float(where["lmbda"])
     return None
+
+
+def _restore_flushed_bounds(
+    state: dict[str, torch.Tensor], name: Any, kwargs: Mapping[str, Any] | None
+) -> list[str]:
+    """Put back the lower bounds (``*lower_bound.bound``) that an export writing every tensor in
+    fp16 flushed to 0 (the likelihood bound 1e-9 is below fp16's range), from the model's own
+    constructor; returns their keys. Only zeros that the model does not have are replaced."""
+    flushed = [
+        key
+        for key, value in state.items()
+        if key.endswith("lower_bound.bound") and value.is_floating_point() and not value.any()
+    ]
+    if not flushed or not isinstance(name, str):
+        return []
+    try:
+        fresh = build_model(name, kwargs).state_dict()
+    except (KeyError, TypeError, ValueError):
+        return []  # _load_fp16 names the problem
+    restored = [key for key in flushed if key in fresh and bool(fresh[key].any())]
+    for key in restored:
+        state[key] = fresh[key].detach().float().clone()
+    return restored
 
 
 # Tensors this small stay in float32 when weights are stored in fp16: they are constants such as
