@@ -1,16 +1,20 @@
-"""Speed of the bidirectional WKV op: the CUDA kernel and, as the in-run baseline, the PyTorch path.
+"""Speed of the bidirectional WKV op: the compiled CUDA kernel, the Triton kernels and, as the
+in-run baseline, the PyTorch path.
 
 For each (B, T, C) and dtype: forward (inference, no lse), forward with the lse statistics that
-training needs, and backward, each timed on the device; the effective bandwidth (bytes that must
-move: every input read once, every output written once) and its share of the device-to-device
-copy bandwidth measured in the same run; the PyTorch path (`biwkv4_kernel.scan`) on the same
-device and the speedup over it.
+training needs, and backward, each timed on the device for each GPU implementation (the compiled
+CUDA extension and the Triton kernels, whichever are available); for the compiled kernel the
+effective bandwidth (bytes that must move: every input read once, every output written once) and
+its share of the device-to-device copy bandwidth measured in the same run; the PyTorch path
+(`biwkv4_kernel.scan`) on the same device and the speedups over it. A second table compares the
+three implementations.
 
 CUDA timings replay a CUDA graph of back-to-back calls (so they measure the kernels, not Python
 dispatch), rotating over input sets that together exceed the L2 cache, and report the median of
 several replays. On CPU (`--device cpu`) only the PyTorch path runs, on smaller shapes.
 
     python benchmarks/bench_biwkv4.py                      # CUDA if there is a GPU
+    python benchmarks/bench_biwkv4.py --kernels triton     # the Triton kernels only
     python benchmarks/bench_biwkv4.py --device cpu --json bench.json
 """
 
@@ -30,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import biwkv4_kernel
-from biwkv4_kernel import _ext
+from biwkv4_kernel import _ext, _triton
 from biwkv4_kernel.scan import scan_backward, scan_forward
 
 CUDA_SHAPES = [(1, 1536, 640), (16, 256, 640), (8, 1024, 640), (1, 6144, 640), (1, 32640, 640),
@@ -59,9 +63,13 @@ class Row:
     fwd_copy_pct: float | None = None
     bwd_GBps: float | None = None
     bwd_copy_pct: float | None = None
+    triton_fwd_us: float | None = None
+    triton_fwd_stats_us: float | None = None
+    triton_bwd_us: float | None = None
     torch_fwd_us: float | None = None
     torch_bwd_us: float | None = None
     max_rel_err_vs_torch_path: float | None = None
+    triton_max_rel_err_vs_torch_path: float | None = None
     target_fwd_us: float | None = None
     target_bwd_us: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -157,7 +165,16 @@ def _rotating(make: Callable[[int], tuple], set_bytes: int, l2_bytes: int) -> li
     return [make(i) for i in range(count)]
 
 
-def bench_cuda(shape, dtype_name: str, copy_GBps: float, with_torch: bool) -> Row:
+def _max_rel_err(ours: tuple, theirs: tuple) -> float:
+    return max(
+        ((a.double() - b.double()).norm() / b.double().norm()).item()
+        for a, b in zip(ours, theirs, strict=True)
+    )
+
+
+def bench_cuda(shape, dtype_name: str, copy_GBps: float, with_torch: bool, kernels: dict) -> Row:
+    """One row: each GPU implementation in ``kernels`` ({"cuda": ext, "triton": module}) timed
+    with CUDA graphs on the same rotating inputs, and the PyTorch path on the first set."""
     B, T, C = shape
     dtype = DTYPES[dtype_name]
     n = B * T * C
@@ -165,12 +182,12 @@ def bench_cuda(shape, dtype_name: str, copy_GBps: float, with_torch: bool) -> Ro
     row = Row(B, T, C, dtype_name)
     if dtype == torch.float32 and shape in TARGETS_US:
         row.target_fwd_us, row.target_bwd_us = TARGETS_US[shape]
-    ext = _ext.load_extension()
+    first = next(iter(kernels.values()))
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
 
     def make(i: int):
         w, u, k, v = _inputs(B, T, C, dtype, "cuda", seed=i)
-        y, lse = ext.forward(w, u, k, v, True)
+        y, lse = first.forward(w, u, k, v, True)
         gy = torch.randn_like(y)
         return w, u, k, v, y, lse, gy
 
@@ -181,28 +198,38 @@ def bench_cuda(shape, dtype_name: str, copy_GBps: float, with_torch: bool) -> Ro
         return sets[next(step) % len(sets)]
 
     calls = len(sets) * max(1, 8 // len(sets))
-    row.fwd_us = _median_cuda(lambda: ext.forward(*pick()[:4], False), calls, 20)
-    row.fwd_stats_us = _median_cuda(lambda: ext.forward(*pick()[:4], True), calls, 20)
-    row.bwd_us = _median_cuda(lambda: ext.backward(*pick()), calls, 20)
-    fwd_bytes = 3 * n * es  # read k, v; write y
-    bwd_bytes = 6 * n * es + 4 * n  # read k, v, y, gy, lse; write gk, gv
-    row.fwd_GBps = fwd_bytes / row.fwd_us / 1e3
-    row.bwd_GBps = bwd_bytes / row.bwd_us / 1e3
-    row.fwd_copy_pct = 100 * row.fwd_GBps / copy_GBps
-    row.bwd_copy_pct = 100 * row.bwd_GBps / copy_GBps
+    times = {}
+    for name, mod in kernels.items():
+        times[name] = (
+            _median_cuda(lambda mod=mod: mod.forward(*pick()[:4], False), calls, 20),
+            _median_cuda(lambda mod=mod: mod.forward(*pick()[:4], True), calls, 20),
+            _median_cuda(lambda mod=mod: mod.backward(*pick()), calls, 20),
+        )
+    if "cuda" in times:
+        row.fwd_us, row.fwd_stats_us, row.bwd_us = times["cuda"]
+        fwd_bytes = 3 * n * es  # read k, v; write y
+        bwd_bytes = 6 * n * es + 4 * n  # read k, v, y, gy, lse; write gk, gv
+        row.fwd_GBps = fwd_bytes / row.fwd_us / 1e3
+        row.bwd_GBps = bwd_bytes / row.bwd_us / 1e3
+        row.fwd_copy_pct = 100 * row.fwd_GBps / copy_GBps
+        row.bwd_copy_pct = 100 * row.bwd_GBps / copy_GBps
+    if "triton" in times:
+        row.triton_fwd_us, row.triton_fwd_stats_us, row.triton_bwd_us = times["triton"]
 
     if with_torch:
-        w, u, k, v, y, lse, gy = sets[0]
+        w, u, k, v, _, _, gy = sets[0]
         row.torch_fwd_us = _median_eager(lambda: scan_forward(w, u, k, v, False), "cuda")
         y_t, lse_t = scan_forward(w, u, k, v, True)
         row.torch_bwd_us = _median_eager(lambda: scan_backward(w, u, k, v, y_t, lse_t, gy), "cuda")
-        # The two paths must agree, or the comparison means nothing.
-        ours = (y, *ext.backward(w, u, k, v, y, lse, gy))
+        # The paths must agree, or the comparison means nothing.
         theirs = (y_t, *scan_backward(w, u, k, v, y_t, lse_t, gy))
-        row.max_rel_err_vs_torch_path = max(
-            ((a.double() - b.double()).norm() / b.double().norm()).item()
-            for a, b in zip(ours, theirs, strict=True)
-        )
+        for name, mod in kernels.items():
+            y, lse = mod.forward(w, u, k, v, True)
+            err = _max_rel_err((y, *mod.backward(w, u, k, v, y, lse, gy)), theirs)
+            if name == "cuda":
+                row.max_rel_err_vs_torch_path = err
+            else:
+                row.triton_max_rel_err_vs_torch_path = err
     for name, got, want in (("forward", row.fwd_us, row.target_fwd_us),
                             ("backward", row.bwd_us, row.target_bwd_us)):  # fmt: skip
         if want is not None and got is not None and got > want:
@@ -250,6 +277,7 @@ def machine(device: str) -> dict:
             memory_GiB=round(props.total_memory / 2**30, 1),
             capability=f"{props.major}.{props.minor}",
             cuda_kernel=_ext.cuda_kernel_status(),
+            triton_kernel=_triton.triton_kernel_status(),
         )
     return info
 
@@ -289,6 +317,33 @@ def table(rows: list[Row], copy_GBps: float, device: str) -> str:
     return "\n".join(lines)
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a / b:.2f}"
+
+
+def comparison_table(rows: list[Row]) -> str:
+    """The three implementations side by side (µs; ratios of times, lower is faster)."""
+    head = (
+        f"{'B':>3} {'T':>6} {'C':>4} {'dtype':>5} | {'cuda fwd/+lse/bwd µs':>22} | "
+        f"{'triton fwd/+lse/bwd µs':>22} | {'triton÷cuda f/b':>15} | "
+        f"{'pytorch fwd/bwd µs':>19} | {'pytorch÷triton f/b':>18}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cuda = f"{_fmt(r.fwd_us)}/{_fmt(r.fwd_stats_us)}/{_fmt(r.bwd_us)}"
+        triton = f"{_fmt(r.triton_fwd_us)}/{_fmt(r.triton_fwd_stats_us)}/{_fmt(r.triton_bwd_us)}"
+        over_cuda = f"{_ratio(r.triton_fwd_us, r.fwd_us)}/{_ratio(r.triton_bwd_us, r.bwd_us)}"
+        torch_path = f"{_fmt(r.torch_fwd_us, '.0f')}/{_fmt(r.torch_bwd_us, '.0f')}"
+        speedup = (
+            f"{_ratio(r.torch_fwd_us, r.triton_fwd_us)}/{_ratio(r.torch_bwd_us, r.triton_bwd_us)}"
+        )
+        lines.append(
+            f"{r.B:>3} {r.T:>6} {r.C:>4} {r.dtype:>5} | {cuda:>22} | {triton:>22} | "
+            f"{over_cuda:>15} | {torch_path:>19} | {speedup:>18}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None)
@@ -296,13 +351,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16")
     parser.add_argument("--shapes", help="B,T,C;B,T,C;... (default: the standard set)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch-path baseline")
+    parser.add_argument(
+        "--kernels",
+        default="cuda,triton",
+        help="GPU implementations to time, comma-separated: cuda (the compiled extension), triton",
+    )
     args = parser.parse_args(argv)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no GPU")
-    if device == "cuda" and not _ext.cuda_kernel_available():
-        parser.error(f"the CUDA kernel is not available: {_ext.cuda_kernel_status()}")
+    kernels = {}
+    for name in (n.strip() for n in args.kernels.split(",") if n.strip()):
+        if name not in ("cuda", "triton"):
+            parser.error(f"unknown kernel {name!r}; expected cuda and/or triton")
+        if device != "cuda":
+            continue
+        if name == "cuda" and _ext.cuda_kernel_available():
+            kernels[name] = _ext.load_extension()
+        elif name == "triton" and _triton.triton_kernel_available():
+            kernels[name] = _triton.load_kernels()
+        else:
+            status = _ext.cuda_kernel_status() if name == "cuda" else _triton.triton_kernel_status()
+            print(f"skipping the {name} kernel: {status}", file=sys.stderr)
+    if device == "cuda" and not kernels:
+        parser.error(f"none of the kernels {args.kernels!r} is available (see above)")
     shapes = (
         [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
         if args.shapes
@@ -321,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         for d in dtypes:
             if device == "cuda":
-                rows.append(bench_cuda(shape, d, copy, with_torch=not args.no_torch))
+                rows.append(bench_cuda(shape, d, copy, not args.no_torch, kernels))
             else:
                 rows.append(bench_cpu(shape, d, copy))
             print(f"  done {shape} {d}", file=sys.stderr, flush=True)
@@ -329,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "biwkv4",
         "machine": machine(device),
         "copy_bandwidth_GBps": copies,
+        "kernels": list(kernels),
         "timing": (
             "median per call over 20 replays of a CUDA graph of back-to-back calls on rotating "
             "inputs"
@@ -339,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result["machine"], indent=None))
     print(table(rows, copy, device))
+    if device == "cuda":
+        print("\nCompiled CUDA kernel, Triton kernels and the PyTorch path:")
+        print(comparison_table(rows))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -1,12 +1,20 @@
-"""Shared test configuration: the `cuda` marker and a guard against runs that test nothing."""
+"""Shared test configuration: the `cuda` marker, a guard against runs that test nothing, and
+Triton's interpreter where there is no GPU."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
 from hypothesis import settings
+
+# Without a GPU, Triton's interpreter runs the Triton kernels on CPU tensors (tests/kernel/
+# test_triton.py). triton.jit reads TRITON_INTERPRET when a kernel is defined, so it must be set
+# before anything imports triton; nothing else in the tests compiles Triton code on a CPU.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # CI runs the property tests derandomized (same examples every run, so a red CI is reproducible);
 # locally they explore new examples each run. .ci/run sets HYPOTHESIS_PROFILE=ci.

@@ -17,10 +17,15 @@ never ``best.pt``, which is chosen on the validation images that evaluation uses
 fp16 to ``EXPORT/NAME.pt`` — ``{"model": state_dict, "model_name", "model_kwargs", "meta"}``,
 readable by ``hpcm compress --checkpoint`` and ``hpcm eval --checkpoint``.
 
-Example (the shipped weights, ``docs/models.md``)::
+The shipped ``hpcm-small`` weights and the Phase-1 study (``docs/models.md``, ``docs/study.md``)
+came from these two commands on one H100 (the step counts are what ``--time-budget`` fitted into
+the device's 10-minute calls: 13.1 steps/s for each of 7 runs sharing the GPU under MPS)::
 
-    python tools/train_codecs.py tools/plans/small_codecs.json --data data/photos \\
-        --output runs/small --time-budget 420 --export weights/
+    python tools/train_codecs.py tools/plans/small_codecs.json --data data/photos \
+        --output runs/small --steps 3750 --export weights/3750      # the study: every run
+    python tools/train_codecs.py tools/plans/small_codecs.json --data data/photos \
+        --output runs/small --steps 7250 --stop-at 6000 --resume --export weights/6000 \
+        --only hpcm-small-q1 hpcm-small-q2 hpcm-small-q3            # the shipped weights
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ _FLAGS = {
     "model": "--model",
     "cuda_graphs": "--cuda-graphs",
     "cache_images": "--cache-images",
+    "from_baseline": "--from-baseline",
+    "warmup_steps": "--warmup-steps",
 }
 _PLAN_ONLY = {"name"}
 
@@ -73,8 +80,16 @@ def load_plan(path: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def train_command(run: dict[str, Any], data: Path, output: Path, steps: int) -> list[str]:
-    """The ``hpcm train`` command line of one run."""
+def train_command(
+    run: dict[str, Any],
+    data: Path,
+    output: Path,
+    steps: int,
+    extra: tuple[str, ...] = (),
+    save_every: int | None = None,
+) -> list[str]:
+    """The ``hpcm train`` command line of one run (``extra``: more flags, e.g. ``--resume``;
+    ``save_every``: steps between saves, default a quarter of the run)."""
     cmd = [sys.executable, "-m", "hpcm_models.cli", "train"]
     for key, flag in _FLAGS.items():
         if key not in run:
@@ -87,14 +102,21 @@ def train_command(run: dict[str, Any], data: Path, output: Path, steps: int) -> 
     cmd += [
         "--dataset", str(data / "train"), "--val-dataset", str(data / "val"),
         "--output", str(output / run["name"]), "--steps", str(steps),
-        "--val-every", str(steps), "--save-every", str(max(steps // 4, 1)),
+        "--val-every", str(steps), "--save-every", str(save_every or max(steps // 4, 1)),
         "--log-every", str(max(1, min(50, steps // 4))), "--no-progress", "--no-tensorboard",
+        *extra,
     ]  # fmt: skip
     return cmd
 
 
 def launch(
-    runs: list[dict[str, Any]], data: Path, output: Path, steps: int, deadline: float = math.inf
+    runs: list[dict[str, Any]],
+    data: Path,
+    output: Path,
+    steps: int,
+    deadline: float = math.inf,
+    extra: tuple[str, ...] = (),
+    save_every: int | None = None,
 ) -> dict[str, Any]:
     """Start every run and wait for all, or stop them at ``deadline`` (``time.monotonic()``);
     returns name → return code and seconds."""
@@ -102,8 +124,9 @@ def launch(
     for run in runs:
         directory = output / run["name"]
         directory.mkdir(parents=True, exist_ok=True)
-        cmd = train_command(run, data, output, steps)
-        (directory / "command.txt").write_text(" ".join(cmd[1:]) + "\n")
+        cmd = train_command(run, data, output, steps, extra, save_every)
+        with (directory / "command.txt").open("a") as f:  # a resumed run adds its command
+            f.write(" ".join(cmd[1:]) + "\n")
         log = open(directory / "stdout.log", "w")  # noqa: SIM115 - closed below
         procs[run["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
     start = time.monotonic()
@@ -113,7 +136,7 @@ def launch(
             if name in results:
                 continue
             if time.monotonic() > deadline and proc.poll() is None:
-                # hpcm train saves latest.pt every quarter of the run: what it has stays usable.
+                # hpcm train saves latest.pt every --save-every steps: what it has stays usable.
                 print(f"{name}: stopped at the deadline", flush=True)
                 proc.terminate()
                 proc.wait()
@@ -162,16 +185,11 @@ def export(run_dir: Path, target: Path, meta: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from hpcm_models.checkpoints import load_training_checkpoint
-    from hpcm_models.entropy import CODING_BUFFERS
+    from hpcm_models.pretrained import fp16_state_dict
 
     ckpt = load_training_checkpoint(run_dir / "latest.pt")
-    state = {
-        k: (v.half() if v.is_floating_point() else v)
-        for k, v in ckpt["model"].items()
-        if k not in CODING_BUFFERS
-    }
     out = {
-        "model": state,
+        "model": fp16_state_dict(ckpt["model"], str(run_dir / "latest.pt")),
         "model_name": ckpt["model_name"],
         "model_kwargs": ckpt["model_kwargs"],
         "meta": {**meta, "step": ckpt["step"], "train_args": ckpt["args"]},
@@ -195,7 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--steps", type=int, help="optimizer steps of every run")
     g.add_argument("--time-budget", type=float, metavar="S", help="seconds for the real runs")
     p.add_argument("--probe-steps", type=int, default=150)
+    p.add_argument("--resume", action="store_true", help="continue each run (hpcm train --resume)")
+    p.add_argument("--stop-at", type=int, metavar="STEP", help="end each run at STEP (hpcm train)")
+    p.add_argument(
+        "--save-every",
+        type=int,
+        metavar="N",
+        help="steps between saves of latest.pt (default: a quarter of the run); with --deadline, "
+        "what a stopped run loses",
+    )
     p.add_argument("--export", type=Path, metavar="DIR", help="write fp16 weights here")
+    p.add_argument(
+        "--summary", type=Path, metavar="FILE", help="write it here (default: OUTPUT/summary.json)"
+    )
     p.add_argument(
         "--deadline",
         type=float,
@@ -225,14 +255,18 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"probe: {rate:.2f} steps/s for the slowest run: {steps} steps", flush=True)
     summary["steps"] = steps
-    summary["results"] = launch(runs, args.data, args.output, steps, deadline)
+    extra = ("--resume",) if args.resume else ()
+    extra += ("--stop-at", str(args.stop_at)) if args.stop_at else ()
+    summary["results"] = launch(
+        runs, args.data, args.output, steps, deadline, extra, args.save_every
+    )
     if args.export is not None:
         import torch
 
         meta = {
             "plan": args.plan.name,
             "data_manifest_sha256": _sha256(args.data / "manifest.json"),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a TorchVersion would need an allowlist to load
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "date": _dt.date.today().isoformat(),
         }
@@ -245,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             val = _log_rows(directory / "val_log.csv")
             if val:
                 summary["results"][run["name"]]["val"] = val[-1]
-    (args.output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.summary or args.output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     failed = any(
         r["returncode"] and not r.get("stopped_at_deadline") for r in summary["results"].values()

@@ -115,3 +115,43 @@ def test_bench_rejects_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--device", "cpu", "--size", "100x128", "--no-cells"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "hpcm bench: error: expected --size to be multiples of 128, got 100x128"
+
+
+def test_bench_cpu_defaults_are_quick_and_say_how_to_ask_for_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    assert (
+        main(["bench", "--device", "cpu", "--models", "--cell-dim", "32", "--json", str(out)]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "For all of it (20+ minutes): --train --cell-sizes kodak 1080p 4k --repeat 5" in text
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["cell_sizes"] == ["kodak"]  # not the 4K cells, minutes each on a CPU
+    assert settings["repeat"] == 1
+    assert settings["train_size"] is None
+    cells = json.loads(out.read_text())["cells"]
+    assert {tuple(c["latent"]) for c in cells} == {CELL_SIZES["kodak"]}
+
+
+def test_bench_size_takes_one_number_for_a_square(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--device",
+        "cpu",
+        "--models",
+        "--no-cells",
+        "--size",
+        "256",
+        "--json",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert json.loads(out.read_text())["settings"]["size"] == [256, 256]
+    assert "CPU defaults" in capsys.readouterr().out  # --repeat was left to the device
+    with pytest.raises(SystemExit):
+        main(["bench", "--size", "256x"])
+    assert "(or one number N for NxN)" in capsys.readouterr().err

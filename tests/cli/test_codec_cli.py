@@ -241,13 +241,18 @@ def test_errors_are_one_line_and_write_nothing(capsys, work, tmp_path, case) -> 
     assert (tmp_path / "o.png").read_bytes() == b"previous"
 
 
-def test_weights_are_required(capsys, work, tmp_path) -> None:
+def test_weights_default_to_shipped_ones(capsys, work, tmp_path) -> None:
+    """Without --checkpoint or --random-weights the shipped weights are used (none ship for
+    hpcm-base; tests/cli/test_shipped_cli.py has the rest); both at once is a usage error."""
+    code, out, err = hpcm(capsys, "compress", work / "rgb.png", tmp_path / "o.hpcm",
+                          "--model", "hpcm-base")  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err.startswith("hpcm compress: error: no shipped weights for 'hpcm-base'")
     with pytest.raises(SystemExit) as exit_info:
-        main(["compress", str(work / "rgb.png"), str(tmp_path / "o.hpcm"), "--model", "hpcm-base"])
+        main(["compress", str(work / "rgb.png"), str(tmp_path / "o.hpcm"), "--random-weights",
+              "--checkpoint", str(work / "a.pt")])  # fmt: skip
     assert exit_info.value.code == 2
-    assert (
-        "one of the arguments --checkpoint --random-weights is required" in capsys.readouterr().err
-    )
+    assert "not allowed with argument" in capsys.readouterr().err
     assert listing(tmp_path) == set()
 
 

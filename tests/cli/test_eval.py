@@ -131,7 +131,7 @@ def test_random_weights_without_a_plot_reference(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "hpcm-base", "--dataset", "/nonexistent"], "give --checkpoint"),
+        (["--model", "hpcm-base", "--dataset", "/nonexistent"], "give one of --checkpoint"),
         (
             ["--model", "hpcm-base", "--random-weights", "--dataset", "/nonexistent"],
             "dataset directory '/nonexistent' does not exist",

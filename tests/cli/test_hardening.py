@@ -22,6 +22,7 @@ import pytest
 import torch
 from helpers import drain_fifo, feed_fifo
 from PIL import Image
+from shipped import make_weights_dir
 
 from hpcm_models import HPCM_MICRO
 from hpcm_models.checkpoints import model_kwargs_to_json, random_model
@@ -30,6 +31,7 @@ from hpcm_models.container import FORMAT_VERSION, MAGIC, Limits, read_container
 from hpcm_models.errors import ImageError
 from hpcm_models.files import STALE_TEMP_SECONDS, TEMP_SUFFIX
 from hpcm_models.image_io import image_size, read_image
+from hpcm_models.pretrained import WEIGHTS_ENV
 
 MICRO = model_kwargs_to_json({"M": 16, "N": 8, "config": HPCM_MICRO})
 CONFIG_JSON = json.dumps({"config": MICRO["config"]})
@@ -187,6 +189,44 @@ def test_2_the_checkpoint_and_the_input_are_never_overwritten(capsys, work, tmp_
         "hpcm-base",
     )
     assert ckpt.read_bytes() == (work / "a.pt").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def shipped_dir(tmp_path_factory):
+    """Shipped weights (micro hpcm-small, qualities 1 and 2) for ``HPCM_WEIGHTS_DIR``."""
+    return make_weights_dir(tmp_path_factory.mktemp("shipped"), qualities=(1, 2))
+
+
+def test_2_the_shipped_weights_in_use_are_never_overwritten(
+    capsys, work, tmp_path, shipped_dir, monkeypatch
+) -> None:
+    monkeypatch.setenv(WEIGHTS_ENV, str(shipped_dir))
+    before = {p.name: p.read_bytes() for p in shipped_dir.iterdir()}
+    (tmp_path / "q1.png").hardlink_to(shipped_dir / "hpcm-small-q1.pt")
+    (tmp_path / "index.hpcm").symlink_to(shipped_dir / "index.json")
+    for out, fragment in (
+        (shipped_dir / "hpcm-small-q1.pt", "shipped weights hpcm-small q1"),
+        (shipped_dir / "hpcm-small-q2.pt", "shipped weights hpcm-small q2"),
+        (tmp_path / "index.hpcm", "table of shipped weights"),
+    ):
+        for more in ([], ["--force"]):
+            refused(
+                capsys,
+                f"refusing to overwrite the {fragment}",
+                "compress",
+                work / "rgb.png",
+                out,
+                *more,
+            )
+    # decompress finds its weights only in the file's header: every shipped file is protected.
+    refused(
+        capsys,
+        "refusing to overwrite the shipped weights hpcm-small q1",
+        "decompress",
+        work / "ok.hpcm",
+        tmp_path / "q1.png",
+    )
+    assert {p.name: p.read_bytes() for p in shipped_dir.iterdir()} == before
 
 
 # ---------------------------------------------------------------- 3. bounded reads

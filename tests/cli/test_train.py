@@ -129,6 +129,23 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(
     assert groups["wkv"]["lr"] == pytest.approx(groups["decay"]["lr"] / 10)
 
 
+def test_stop_at_pauses_a_run_that_resume_finishes_bitwise(
+    images: Path, straight_run: Path, tmp_path: Path
+) -> None:
+    """``--stop-at`` ends an invocation early on the schedule of ``--steps``: resuming it gives
+    the uninterrupted run."""
+    run = tmp_path / "run"
+    assert main([*train_args(images, run, 3, "--no-tensorboard"), "--stop-at", "2"]) == 0
+    assert load_training_checkpoint(run / "latest.pt")["step"] == 2
+    assert [r["step"] for r in read_rows(run / "train_log.csv")] == ["1", "2"]
+    assert main([*train_args(images, run, 3, "--no-tensorboard"), "--resume"]) == 0
+    expected, got = read_rows(straight_run / "train_log.csv"), read_rows(run / "train_log.csv")
+    assert [r["step"] for r in got] == ["1", "2", "3"]
+    for a, b in zip(expected, got, strict=True):
+        for key in ("loss", "bpp", "mse", "lr", "grad_norm"):
+            assert a[key] == b[key], (a["step"], key)
+
+
 def test_training_writes_checkpoints_logs_and_tensorboard(straight_run: Path) -> None:
     ckpt = load_training_checkpoint(straight_run / "latest.pt")
     assert ckpt["format"] == CHECKPOINT_FORMAT
@@ -208,6 +225,16 @@ def test_from_baseline_loads_every_shared_part(
         assert torch.equal(state[key], baseline[key]), key
 
 
+def test_warmup_ramps_the_learning_rate_up(images: Path, tmp_path: Path) -> None:
+    """--warmup-steps 4: the first steps run at 1/4, 2/4, 3/4 of the scheduled rate (the third
+    also at the factor of the milestone it passed), as the log shows."""
+    output = tmp_path / "warm"
+    args = train_args(images, output, 3, "--lr", "1e-4", "--warmup-steps", "4", "--no-tensorboard")
+    assert main(args) == 0
+    lrs = [float(row["lr"]) for row in read_rows(output / "train_log.csv")]
+    assert lrs == pytest.approx([1e-4 / 4, 1e-4 * 2 / 4, 1e-4 * 3 / 4 * 0.5])
+
+
 def test_bf16_autocast_trains(images: Path, tmp_path: Path) -> None:
     output = tmp_path / "bf16"
     args = train_args(images, output, 1, "--amp", "bf16", "--no-tensorboard")
@@ -224,6 +251,7 @@ def test_bf16_autocast_trains(images: Path, tmp_path: Path) -> None:
         (("--metric", "ms-ssim"), "--metric ms-ssim needs patches of at least 161 pixels"),
         (("--model-kwargs", '{"M": 20}'), "invalid --model-kwargs for hpcm-phase2"),
         (("--lr-factors", "0.5", "0.1"), "expected one --lr-factors value per --lr-milestones"),
+        (("--warmup-steps", "-1"), "expected warmup_steps to be an int >= 0, got -1"),
         (("--cuda-graphs", "--device", "cpu"), "--cuda-graphs needs a CUDA device, got cpu"),
     ],
 )
@@ -269,6 +297,10 @@ def test_dataset_and_schedule_helpers(images: Path) -> None:
         assert torch.equal(cached[(index, 7 + index)], dataset[(index, 7 + index)])
     schedule = LRSchedule.hpcm(3001)
     assert [schedule(s) for s in (0, 2749, 2750, 2850, 2950, 3000)] == [1, 1, 0.3, 0.1, 0.01, 0.01]
+    warm = LRSchedule([2], [0.5], warmup=4)
+    assert [warm(s) for s in range(6)] == [0.25, 0.5, 0.75 * 0.5, 0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="warmup >= 0"):
+        LRSchedule([], [], warmup=-1)
 
 
 def test_ms_ssim_loss_rejects_small_images() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import biwkv4_kernel
-from biwkv4_kernel import DISABLE_CUDA_ENV, biwkv4, naive_biwkv4
+from biwkv4_kernel import DISABLE_CUDA_ENV, DISABLE_TRITON_ENV, biwkv4, naive_biwkv4
 from biwkv4_kernel import ops as ops_module
 
 F32 = torch.float32
@@ -225,23 +225,26 @@ def test_package_exports() -> None:
 
 
 def test_cuda_dispatch_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CUDA kernel is chosen only when available, not disabled, and not float64."""
-    from biwkv4_kernel import _ext
+    """The compiled kernel is chosen only when available, not disabled, and not float64."""
+    from biwkv4_kernel import _ext, _triton
 
     monkeypatch.setattr(_ext, "cuda_kernel_available", lambda: True)
+    monkeypatch.setattr(_triton, "triton_kernel_available", lambda: True)
     k32, k64 = torch.zeros(1, 1, 1), torch.zeros(1, 1, 1, dtype=torch.float64)
     monkeypatch.delenv(DISABLE_CUDA_ENV, raising=False)
-    assert ops_module._use_cuda_kernel(k32)
-    assert not ops_module._use_cuda_kernel(k64)
+    assert ops_module._cuda_path(k32) == "cuda"
+    assert ops_module._cuda_path(k64) == "pytorch"
     for value, disabled in (("1", True), ("0", False), ("", False), ("off", False), ("yes", True)):
         monkeypatch.setenv(DISABLE_CUDA_ENV, value)  # read on every call
-        assert ops_module._use_cuda_kernel(k32) is not disabled
+        assert ops_module._cuda_path(k32) == ("triton" if disabled else "cuda")
 
 
 @pytest.mark.cuda
 def test_pytorch_path_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With BIWKV4_DISABLE_CUDA=1 the scan runs on the GPU, matches the reference, and captures."""
+    """With both kernels switched off the scan runs on the GPU, matches the reference, captures."""
     monkeypatch.setenv(DISABLE_CUDA_ENV, "1")
+    monkeypatch.setenv(DISABLE_TRITON_ENV, "1")
+    assert biwkv4_kernel.gpu_backend() == "pytorch"
     args = inputs(B=2, T=70, C=5, device="cuda", requires_grad=True)
     y = biwkv4(*args)
     gy = torch.randn_like(y)

@@ -8,7 +8,8 @@ import it.
 
 Environment variables:
 
-- ``BIWKV4_DISABLE_CUDA=1``: never use the CUDA kernel (the op runs its PyTorch path).
+- ``BIWKV4_DISABLE_CUDA=1``: never use the CUDA kernel (the op runs the Triton kernels or the
+  PyTorch scan).
 - ``BIWKV4_CUDA_HOME``: the CUDA toolkit to build with (overrides everything below).
 - ``BIWKV4_BUILD_DIR``: where builds are cached (default ``~/.cache/biwkv4_kernel``, or under
   ``$XDG_CACHE_HOME``).
@@ -37,13 +38,14 @@ import subprocess
 import sys
 import sysconfig
 import threading
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from ._availability import availability
 
 __all__ = [
     "BuildError",
@@ -69,7 +71,7 @@ _FIX = (
     "Set BIWKV4_CUDA_HOME (or CUDA_HOME) to a CUDA toolkit whose major version matches torch's, "
     "or install one from PyPI (`pip install nvidia-cuda-nvcc` for CUDA 13, "
     "`nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12` for CUDA 12), "
-    "or set BIWKV4_DISABLE_CUDA=1 to use the PyTorch path."
+    "or set BIWKV4_DISABLE_CUDA=1 not to try (the Triton kernels or the PyTorch path run instead)."
 )
 
 
@@ -348,6 +350,10 @@ def _cpp_extension() -> ModuleType:
     log.setLevel(logging.ERROR)
     try:
         from torch.utils import cpp_extension
+    except ImportError as exc:  # it imports setuptools, which not every environment has
+        raise BuildError(
+            f"torch.utils.cpp_extension cannot be imported ({exc}): `pip install setuptools`"
+        ) from exc
     finally:
         log.setLevel(level)
     return cpp_extension
@@ -458,32 +464,20 @@ def load_extension(verbose: bool = False) -> ModuleType:
     return _LOADED
 
 
-def _disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+def _build_once() -> str:
+    load_extension()
+    return str(_STATUS["built"])
 
 
 def _availability() -> tuple[bool, str]:
-    if _disabled():
-        return False, f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU is visible to torch"
-    if "ok" not in _STATUS:
-        try:
-            load_extension()
-            _STATUS["ok"], _STATUS["why"] = True, f"available: {_STATUS['built']}"
-        except BuildError as exc:
-            _STATUS["ok"], _STATUS["why"] = False, f"unavailable: {exc}"
-            warnings.warn(
-                f"biwkv4: the CUDA kernel could not be built, using the PyTorch path: {exc}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    return bool(_STATUS["ok"]), str(_STATUS["why"])
+    # No warning on a failure: the op falls back to the Triton kernels, and warns only if it has
+    # to fall back to the PyTorch scan (ops._warn_pytorch_path_on_gpu).
+    return availability(_STATUS, DISABLE_ENV, _build_once, (BuildError,))
 
 
 def cuda_kernel_available() -> bool:
     """Whether the CUDA kernel is used: a GPU is visible, ``BIWKV4_DISABLE_CUDA`` is not set and the
-    extension builds and loads (tried once per process; a failure warns once)."""
+    extension builds and loads (tried once per process)."""
     return _availability()[0]
 
 

@@ -8,45 +8,79 @@ Two internal ops live in the ``biwkv4_kernel`` namespace (docs/kernel.md, "The c
   Tensor gy) -> (Tensor gw, Tensor gu, Tensor gk, Tensor gv)``
 
 Each has a default implementation (the blocked scan of :mod:`biwkv4_kernel.scan`, for every device),
-a CUDA implementation (the compiled kernel when it is available, else the same scan), and a fake
-implementation; the forward has a registered autograd formula that calls the backward op. So the op
-works under ``torch.compile(fullgraph=True)``, ``torch.export`` and CUDA-graph capture.
+a CUDA implementation and a fake implementation; the forward has a registered autograd formula that
+calls the backward op. So the op works under ``torch.compile(fullgraph=True)``, ``torch.export`` and
+CUDA-graph capture. On CUDA tensors the first available of these runs (:func:`gpu_backend`): the
+compiled CUDA kernel (:mod:`._ext`), the Triton kernels (:mod:`._triton`, no CUDA toolkit needed),
+the scan (with one warning that says how to get a kernel).
 """
 
 from __future__ import annotations
 
-import os
+import warnings
 
 import torch
 from torch import Tensor
 
-# _ext builds nothing at import: the extension is compiled on the first CUDA call.
-from . import _ext, scan
+# Neither builds nor imports anything at import: the CUDA extension is compiled, and triton
+# imported, on the first CUDA call.
+from . import _ext, _triton, scan
+from ._availability import disabled_by_env
 
-__all__ = ["DISABLE_CUDA_ENV", "biwkv4"]
+__all__ = ["DISABLE_CUDA_ENV", "DISABLE_TRITON_ENV", "biwkv4", "gpu_backend"]
 
-#: Set this environment variable to ``1`` to run the PyTorch scan even for CUDA tensors (``0``,
-#: ``false``, ``no``, ``off`` or empty leave the kernel on). It is read on every call of the op.
+#: Set this environment variable to ``1`` to never use the compiled CUDA kernel (``0``, ``false``,
+#: ``no``, ``off`` or empty leave it on). It is read on every call of the op.
 DISABLE_CUDA_ENV = "BIWKV4_DISABLE_CUDA"
+#: Likewise for the Triton kernels. With both set, CUDA tensors run the PyTorch scan, silently.
+DISABLE_TRITON_ENV = _triton.DISABLE_ENV
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-_OFF_VALUES = ("", "0", "false", "no", "off")
+_WARNED: list[str] = []
 
 
-def _cuda_disabled_by_env() -> bool:
-    return os.environ.get(DISABLE_CUDA_ENV, "").strip().lower() not in _OFF_VALUES
+def _warn_pytorch_path_on_gpu() -> None:
+    """Once per process: CUDA tensors run the scan, though nobody asked for it; how to fix it."""
+    if _WARNED or (disabled_by_env(DISABLE_CUDA_ENV) and disabled_by_env(DISABLE_TRITON_ENV)):
+        return
+    message = (
+        "biwkv4: no GPU kernel is usable, so CUDA tensors run the PyTorch scan, which is "
+        "hundreds of times slower. To get the Triton kernels, which need no CUDA toolkit, "
+        "install a CUDA build of torch with its triton (triton 3.0 also needs setuptools) and a C "
+        "compiler; to get the compiled kernel, install a CUDA toolkit matching torch's CUDA major "
+        "version (for CUDA 13: pip install nvidia-cuda-nvcc). Set BIWKV4_DISABLE_CUDA=1 and "
+        f"BIWKV4_DISABLE_TRITON=1 to silence this.\nTriton: {_triton.triton_kernel_status()}\n"
+        f"CUDA kernel: {_ext.cuda_kernel_status()}"
+    )
+    _WARNED.append(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _use_cuda_kernel(k: Tensor) -> bool:
-    """Whether the compiled kernel runs for these CUDA tensors (else the PyTorch scan).
+def _cuda_path(k: Tensor) -> str:
+    """What runs for these CUDA tensors: ``"cuda"`` (compiled), ``"triton"`` or ``"pytorch"``.
 
-    The kernel has no float64 path. Where it cannot be built, ``_ext`` warns once and says why.
+    Neither kernel has a float64 path.
     """
-    if k.dtype == torch.float64 or _cuda_disabled_by_env():
-        return False
-    return _ext.cuda_kernel_available()
+    if k.dtype == torch.float64:
+        return "pytorch"
+    if not disabled_by_env(DISABLE_CUDA_ENV) and _ext.cuda_kernel_available():
+        return "cuda"
+    if _triton.triton_kernel_available():
+        return "triton"
+    _warn_pytorch_path_on_gpu()
+    return "pytorch"
+
+
+def gpu_backend() -> str:
+    """What CUDA tensors of float16, bfloat16 and float32 run now: ``"cuda"`` (the compiled
+    kernel), ``"triton"`` or ``"pytorch"`` (the scan; also always for float64), or ``"none"``
+    where torch sees no GPU. The first call may build the CUDA kernel and compile the Triton ones.
+    """
+    if not torch.cuda.is_available():
+        return "none"
+    return _cuda_path(torch.empty(0, dtype=torch.float32))
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -72,7 +106,15 @@ def _check_op_args(w: Tensor, u: Tensor, k: Tensor, v: Tensor) -> None:
         )
 
 
-@torch.library.custom_op("biwkv4_kernel::forward", mutates_args=())
+# Explicit schemas: torch 2.4 cannot infer one from postponed (string) annotations.
+_FORWARD_SCHEMA = "(Tensor w, Tensor u, Tensor k, Tensor v, bool need_stats) -> (Tensor, Tensor)"
+_BACKWARD_SCHEMA = (
+    "(Tensor w, Tensor u, Tensor k, Tensor v, Tensor y, Tensor lse, Tensor gy) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("biwkv4_kernel::forward", mutates_args=(), schema=_FORWARD_SCHEMA)
 def _forward_op(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, need_stats: bool
 ) -> tuple[Tensor, Tensor]:
@@ -85,12 +127,14 @@ def _forward_cuda(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, need_stats: bool
 ) -> tuple[Tensor, Tensor]:
     _check_op_args(w, u, k, v)
-    if _use_cuda_kernel(k):
-        # The kernel reads dense rows; the public op already passes contiguous tensors.
-        w, u, k, v = (t.contiguous() for t in (w, u, k, v))
-        y, lse = _ext.load_extension().forward(w, u, k, v, need_stats)
-        return y, lse
-    return scan.scan_forward(w, u, k, v, need_stats)
+    path = _cuda_path(k)
+    if path == "pytorch":
+        return scan.scan_forward(w, u, k, v, need_stats)
+    # The kernels read dense rows; the public op already passes contiguous tensors.
+    w, u, k, v = (t.contiguous() for t in (w, u, k, v))
+    kernels = _ext.load_extension() if path == "cuda" else _triton.load_kernels()
+    y, lse = kernels.forward(w, u, k, v, need_stats)
+    return y, lse
 
 
 @_forward_op.register_fake
@@ -103,7 +147,7 @@ def _forward_fake(
     return y, lse
 
 
-@torch.library.custom_op("biwkv4_kernel::backward", mutates_args=())
+@torch.library.custom_op("biwkv4_kernel::backward", mutates_args=(), schema=_BACKWARD_SCHEMA)
 def _backward_op(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, y: Tensor, lse: Tensor, gy: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -116,11 +160,13 @@ def _backward_cuda(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, y: Tensor, lse: Tensor, gy: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_op_args(w, u, k, v)
-    if _use_cuda_kernel(k):
-        w, u, k, v, y, lse, gy = (t.contiguous() for t in (w, u, k, v, y, lse, gy))
-        gw, gu, gk, gv = _ext.load_extension().backward(w, u, k, v, y, lse, gy)
-        return gw, gu, gk, gv
-    return scan.scan_backward(w, u, k, v, y, lse, gy)
+    path = _cuda_path(k)
+    if path == "pytorch":
+        return scan.scan_backward(w, u, k, v, y, lse, gy)
+    w, u, k, v, y, lse, gy = (t.contiguous() for t in (w, u, k, v, y, lse, gy))
+    kernels = _ext.load_extension() if path == "cuda" else _triton.load_kernels()
+    gw, gu, gk, gv = kernels.backward(w, u, k, v, y, lse, gy)
+    return gw, gu, gk, gv
 
 
 @_backward_op.register_fake
@@ -195,8 +241,8 @@ def biwkv4(w: Tensor, u: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     ``y[b,t,c]`` is the mean of ``v[b,:,c]`` under the weights ``exp(-(|t-i|-1)·w[c] + k[b,i,c])``
     for ``i ≠ t`` and ``exp(u[c] + k[b,t,c])`` for ``i = t``, computed stably for any sign of w.
-    Runs the CUDA kernel on CUDA tensors when it is available (see ``cuda_kernel_status()``;
-    ``BIWKV4_DISABLE_CUDA=1`` opts out) and the O(B·T·C) PyTorch scan everywhere else.
+    On CUDA tensors runs the compiled CUDA kernel if it builds, else the Triton kernels, else
+    (warning once) the PyTorch scan (see :func:`gpu_backend`); elsewhere the O(B·T·C) scan.
 
     Args:
         w: [C] decay per position, any float dtype (callers pass decay / T, as Vision-RWKV does).

@@ -25,8 +25,10 @@ from .errors import (
     ImageError,
     InputShapeError,
     LimitExceededError,
+    PretrainedWeightsError,
     TruncatedBitstreamError,
     UnsupportedFormatError,
+    WeightsIntegrityError,
     WeightsMismatchError,
 )
 from .hpcm import (
@@ -50,6 +52,7 @@ from .phases import (
     WarmStart,
     from_baseline,
 )
+from .pretrained import load_pretrained, pretrained_models, shipped_weights
 from .registry import BUILTIN_MODELS, available_models, get_model, register_model
 
 __version__ = "0.1.0"
@@ -86,10 +89,12 @@ __all__ = [
     "ImageError",
     "InputShapeError",
     "LimitExceededError",
+    "PretrainedWeightsError",
     "RWKVSpatialPrior",
     "TruncatedBitstreamError",
     "UnsupportedFormatError",
     "WarmStart",
+    "WeightsIntegrityError",
     "WeightsMismatchError",
     "__version__",
     "available_models",
@@ -102,5 +107,8 @@ __all__ = [
     "from_baseline",
     "get_model",
     "load_checkpoint",
+    "load_pretrained",
+    "pretrained_models",
     "register_model",
+    "shipped_weights",
 ]

@@ -7,10 +7,13 @@ the authors' ``HPCM_Base_0.0018.pth.tar``, our training checkpoints, CompressAI'
 trainers' wrappers); :func:`remap_keys` brings old or wrapped key names to the model's (today: the
 ``module.`` prefix of ``nn.DataParallel``). Models: :func:`load_checkpoint` (ready to code),
 :func:`random_model` (fresh weights, ready to code), :func:`build_model` (for training). Writing:
-:func:`save_checkpoint`, atomically (:func:`hpcm_models.image_io.write_atomic`).
+:func:`save_checkpoint`, atomically (:func:`hpcm_models.files.write_atomic`).
 
-Shipped weights by name (CompressAI's ``zoo``: a table of URLs and hashes, a download cache, then
-:func:`load_checkpoint`) belong in this module too, in a section of their own; there are none yet.
+Weights files (:mod:`hpcm_models.pretrained` writes them) carry their rANS tables under
+:data:`TABLES_KEY`; :func:`load_checkpoint` keeps those instead of rebuilding them, so every
+machine codes with the same tables. Shipped weights by name (CompressAI's ``zoo``: a table of
+files and hashes, then :func:`load_checkpoint`) are :mod:`hpcm_models.pretrained`, built on this
+module.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "MAX_CHANNELS",
+    "TABLES_KEY",
     "build_model",
     "check_model_kwargs",
     "check_state_dict",
@@ -57,6 +61,11 @@ __all__ = [
 CHECKPOINT_FORMAT = "hpcm-train-checkpoint"
 #: ``"version"`` field of those checkpoints.
 CHECKPOINT_VERSION = 1
+
+#: Where a weights file keeps its rANS tables, beside ``"model"``
+#: (:meth:`hpcm_models.GeneralizedGaussian.packed_tables`).
+TABLES_KEY = "coding_tables"
+_TABLE_SOURCES = ("auto", "file", "rebuild")
 
 # Where trainers keep the model's state dict in their checkpoints: ours and hpcm train's
 # ("model", with "model_name" and "model_kwargs" beside it), CompressAI's examples/train.py
@@ -96,7 +105,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """
     _check_checkpoint_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # torch.__version__ is a TorchVersion (a str subclass, no code): files that recorded it
+        # unconverted (tools/train_codecs.py exports before the fix) must still load.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged or unsafe files
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {_one_line(err)}") from None
 
@@ -257,7 +269,7 @@ def check_state_dict(state: Mapping[Any, Any], source: str) -> None:
 
 def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save(obj)`` to ``path`` atomically: a crash never leaves a half-written checkpoint
-    under ``path`` (:func:`hpcm_models.image_io.write_atomic`)."""
+    under ``path`` (:func:`hpcm_models.files.write_atomic`)."""
     write_atomic(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -370,6 +382,7 @@ def load_checkpoint(
     *,
     device: str | torch.device = "cpu",
     model_kwargs: Mapping[str, Any] | None = None,
+    tables: str = "auto",
 ) -> HPCM:
     """Build a model from a checkpoint, ready to code (eval mode, rANS tables built).
 
@@ -382,8 +395,11 @@ def load_checkpoint(
       :func:`unwrap_checkpoint`.
 
     A ``module.`` prefix (DataParallel) is removed; missing rANS tables are fine. The tables are
-    always rebuilt from the weights (``update(force=True)``, with the checkpoint's scale table if
-    it has one), so they match the weights.
+    rebuilt from the weights (``update(force=True)``, with the checkpoint's scale table if it has
+    one), so they match the weights — except for weights files that carry their tables
+    (:data:`TABLES_KEY`, :mod:`hpcm_models.pretrained`): those are checked and kept, because
+    tables computed on another machine may differ in the last bit of a CDF, and a file must
+    decode wherever it was encoded.
 
     Args:
         path: the checkpoint file.
@@ -392,13 +408,21 @@ def load_checkpoint(
         device: where the model goes.
         model_kwargs: constructor kwargs (JSON form) for checkpoints that carry none; M and N are
             read from the weights if absent.
+        tables: ``"auto"``: the file's own tables if it carries them, else rebuilt; ``"file"``:
+            the file's own (an error if it carries none); ``"rebuild"``: always rebuilt.
 
     Raises:
         CheckpointError: unreadable file, unknown or mismatching model, missing/unexpected keys
-            (named), wrong shapes.
+            (named), wrong shapes, contents of the wrong type or out of range.
     """
     path_str = str(path)
-    state, saved_name, saved_kwargs = unwrap_checkpoint(read_checkpoint(path), path_str)
+    if tables not in _TABLE_SOURCES:
+        raise ValueError(f"expected tables in {_TABLE_SOURCES}, got {tables!r}")
+    obj = read_checkpoint(path)
+    state, saved_name, saved_kwargs = unwrap_checkpoint(obj, path_str)
+    carried = obj.get(TABLES_KEY) if isinstance(obj, Mapping) and tables != "rebuild" else None
+    if tables == "file" and carried is None:
+        raise CheckpointError(f"checkpoint {path_str!r} carries no coding tables ({TABLES_KEY!r})")
     name, kwargs = _checkpoint_model(path_str, saved_name, saved_kwargs, model_name, model_kwargs)
     cls = model_class(name)
     if not (isinstance(cls, type) and issubclass(cls, HPCM)):
@@ -413,6 +437,12 @@ def load_checkpoint(
         if want is not None and want != have:
             raise CheckpointError(f"model kwargs say {key}={want}, the weights have {key}={have}")
     model.eval()
+    if carried is not None:
+        try:
+            model.entropy_estimation.load_packed_tables(carried, channels=model.N)
+        except CheckpointError as err:
+            raise CheckpointError(f"checkpoint {path_str!r}: {err}") from None
+        return model.to(resolve_device(device))
     scale_table = model.scale_table if model.scale_table.numel() else None
     try:
         model.update(scale_table=scale_table, force=True)

@@ -13,11 +13,13 @@ Safety, by construction:
 * The model must match the file: the registry name, a hash of the weights and a hash of the
   architecture and rANS tables (:mod:`hpcm_models.hashes`) are compared before decoding
   (:class:`WeightsMismatchError`).
-* The rANS decoder only ever gets CRC-checked streams with escape-free tables, padded so that
-  even a desynchronized decoder stays inside its buffer (:mod:`hpcm_models.rans`).
+* The rANS decoder (:mod:`hpcm_models.ans`) only ever gets CRC-checked streams with escape-free
+  tables and checks every read against the stream's end (:mod:`hpcm_models.rans`).
 * The decoder hashes the integer latents it decoded and refuses the image if the hash differs from
-  the encoder's (:class:`DecodeMismatchError`): a desync (e.g. encoder and decoder on devices with
-  different floating-point results) is never returned as an image.
+  the encoder's, or if a stream does not end exactly with its symbols
+  (:class:`DecodeMismatchError`): a desync (e.g. encoder and decoder on devices with different
+  floating-point results) is never returned as an image. The hash runs in a worker thread
+  (:class:`~hpcm_models.hashes.LatentHasher`), beside the next coding step.
 * Coding runs under :func:`~hpcm_models.devices.deterministic_coding`; the same image gives the
   same bytes every time.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,7 +62,7 @@ from .errors import (
     DecodeMismatchError,
     WeightsMismatchError,
 )
-from .hashes import config_hash, latent_hasher, weights_hash
+from .hashes import LatentHasher, config_hash, weights_hash
 from .hpcm import geometry as geo
 from .hpcm.model import HPCM
 from .image_io import (
@@ -72,9 +75,11 @@ from .rans import (
     SymbolReader,
     SymbolWriter,
     check_rans_stream,
+    codec_tables,
     device_symbols,
     pack_escapes,
     parse_escapes,
+    resolve_coder,
 )
 from .registry import registered_name
 
@@ -178,6 +183,11 @@ class ImageCodec:
             or ``"bf16"`` (see :func:`~hpcm_models.acceleration.precision`). It changes the
             reconstruction by rounding error only (≤ 1 level of 255 measured for TF32), never
             the bits.
+        coder: the entropy coder, ``"ans"`` (:mod:`hpcm_models.ans`) or ``"compressai"``
+            (CompressAI's, the old path: the same bytes, ~10x slower); ``None`` (default):
+            ``"ans"``, or CompressAI's with a warning where numba cannot compile
+            (:func:`~hpcm_models.rans.resolve_coder`). Building a codec compiles (first run on a
+            machine, a few seconds) or loads ``ans``'s kernels, so the first coding does not.
 
     Example:
         >>> codec = ImageCodec(load_checkpoint("hpcm_base.pth.tar", "hpcm-base"))
@@ -196,12 +206,14 @@ class ImageCodec:
         limits: Limits | None = None,
         cuda_graphs: bool | None = None,
         synthesis: str = "tf32",
+        coder: str | None = None,
     ) -> None:
         if not isinstance(model, HPCM):
             raise TypeError(f"expected an HPCM model, got {type(model).__qualname__}")
         if cuda_graphs not in (None, True, False):
             raise ValueError(f"expected cuda_graphs None, True or False, got {cuda_graphs!r}")
         check_precision(synthesis)
+        self.coder = resolve_coder(coder)
         self.model = model
         self.model_id = model_id if model_id is not None else registered_name(model)
         self.limits = limits or Limits()
@@ -210,7 +222,7 @@ class ImageCodec:
         ggm = model.entropy_estimation
         if ggm.offset_y.numel() == 0 or ggm.offset_z.numel() == 0:
             model.update()
-        self._tables = {latent: ggm.rans_tables(latent, escapes=False) for latent in ("z", "y")}
+        self._tables = {latent: codec_tables(ggm, latent) for latent in ("z", "y")}
         self.weights_hash = weights_hash(model)
         self.config_hash = config_hash(model, self.model_id)
         self._graphs = RecentGraphs(self.MAX_GRAPHS)
@@ -262,13 +274,15 @@ class ImageCodec:
         check_image_size(image.width, image.height, self.limits, multiple=self.model.INPUT_MULTIPLE)
         rgb, mode, alpha = image_planes(image)
         height, width = rgb.shape[:2]
-        x = torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))[None]
-        x = x.to(self.device, torch.float32)
+        # The 8-bit pixels go to the device as they are (a quarter of float32's bytes; PyTorch
+        # would convert them on the host before copying) and are laid out and converted there.
+        x = torch.from_numpy(np.array(rgb, order="C")).to(self.device)
+        x = x.permute(2, 0, 1)[None].to(torch.float32)
         # Contiguous NCHW (padding a 1x1 image gives channels-last strides): a channels-last
         # input would propagate through every layer, and the schedule's views need NCHW.
         x = pad_to_multiple(x.div_(255), self.model.INPUT_MULTIPLE).contiguous()
-        with self._coding():
-            coded = self._encode_latents(x, latent_hasher(width, height, mode))
+        with self._coding(), LatentHasher(width, height, mode) as hasher:
+            coded = self._encode_latents(x, hasher)
         streams = [(StreamKind.Z, coded.z_stream), (StreamKind.Y, coded.y_stream)]
         if coded.escape_count:
             streams.append((StreamKind.ESCAPES, coded.escape_stream))
@@ -331,14 +345,20 @@ class ImageCodec:
 
         return model.run_schedule(params, encode)
 
-    def _encode_latents(self, x: torch.Tensor, hasher: Any) -> _CodedLatents:
+    def _encode_latents(self, x: torch.Tensor, hasher: LatentHasher) -> _CodedLatents:
+        M, N = self.model.M, self.model.N
+        ph, pw = x.shape[-2:]
+        z_shape = (int(N), ph // Z_STRIDE, pw // Z_STRIDE)
+        z_count, y_count = math.prod(z_shape), M * (ph // Y_STRIDE) * (pw // Y_STRIDE)
         escapes: list[tuple[np.ndarray, np.ndarray]] = []
-        writers: list[SymbolWriter] = [SymbolWriter(self._tables["z"], hasher, escapes, 0)]
+        writers = [
+            SymbolWriter(self._tables["z"], z_count, hasher, escapes, 0, self.coder),
+            SymbolWriter(self._tables["y"], y_count, hasher, escapes, z_count, self.coder),
+        ]
 
         def consume(k: int, outputs: tuple[torch.Tensor, ...]) -> None:
-            if k == 1:
-                start = writers[0].position
-                writers.append(SymbolWriter(self._tables["y"], hasher, escapes, start))
+            # Step k's symbols (z's first), in host memory; the writer copies them, so the
+            # graphs' pinned buffers may be reused.
             symbols, coded, rows, broken = (t.numpy() for t in outputs)
             writers[min(k, 1)].add(symbols, coded, rows, bool(broken[0]))
 
@@ -355,15 +375,14 @@ class ImageCodec:
             static.copy_(x)
             y_hat = chain.replay(consume=consume).clone()
         z_writer, y_writer = writers
-        N, zh, zw = self.model.N, x.shape[-2] // Z_STRIDE, x.shape[-1] // Z_STRIDE
         return _CodedLatents(
             z_stream=z_writer.flush(),
-            y_stream=y_writer.flush(),
+            y_stream=y_writer.flush(),  # while the worker hashes the last step
             escape_stream=pack_escapes(escapes),
             escape_count=sum(p.size for p, _ in escapes),
             latent_hash=hasher.digest(),
             y_hat=y_hat,
-            z_shape=(int(N), int(zh), int(zw)),
+            z_shape=z_shape,
         )
 
     # -------------------------------------------------------------- decoding
@@ -440,8 +459,8 @@ class ImageCodec:
         alpha = None
         if header.mode.has_alpha:
             alpha = _inflate_alpha(by_kind[StreamKind.ALPHA], header.width, header.height)
-        with self._coding():
-            y_hat, x_hat = self._decode_latents(header, by_kind, escapes, z_count, y_count)
+        with self._coding(), LatentHasher(header.width, header.height, header.mode) as hasher:
+            y_hat, x_hat = self._decode_latents(header, by_kind, escapes, hasher)
         return DecodedImage(restore_image(x_hat, header, alpha), header, y_hat, x_hat)
 
     def _decode_latents(
@@ -449,19 +468,22 @@ class ImageCodec:
         header: Header,
         streams: dict[StreamKind, bytes],
         escapes: tuple[np.ndarray, np.ndarray],
-        z_count: int,
-        y_count: int,
+        hasher: LatentHasher,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _model, device = self.model, self.device
-        hasher = latent_hasher(header.width, header.height, header.mode)
+        """ŷ and x̂ of a checked file. The host's work per coding step is the rANS decoding of
+        the step's symbols (the next step needs them); the hashing of what was decoded runs in
+        ``hasher``'s worker thread meanwhile, and the hash is compared while the synthesis
+        transform runs (its result is returned only after the check)."""
         N, zh, zw = header.z_shape
+        z_count, y_count = N * zh * zw, math.prod(header.y_shape)
         z_reader = SymbolReader(
-            streams[StreamKind.Z], z_count, self._tables["z"], hasher, escapes, 0
+            streams[StreamKind.Z], z_count, self._tables["z"], hasher, escapes, 0, self.coder
         )
-        z_values = z_reader.take(np.repeat(np.arange(N), zh * zw))
-        z_q = torch.from_numpy(z_values.astype(np.float32)).view(1, N, zh, zw).to(device)
+        z_values = z_reader.take(np.repeat(np.arange(N, dtype=np.int32), zh * zw))
+        z_reader.finish()
+        z_q = torch.from_numpy(z_values.astype(np.float32)).view(1, N, zh, zw).to(self.device)
         y_reader = SymbolReader(
-            streams[StreamKind.Y], y_count, self._tables["y"], hasher, escapes, z_count
+            streams[StreamKind.Y], y_count, self._tables["y"], hasher, escapes, z_count, self.coder
         )
 
         def feed(k: int, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -474,19 +496,19 @@ class ImageCodec:
             steps = itertools.count()
 
             def split(outputs: Any, like: torch.Tensor) -> torch.Tensor:
-                return feed(next(steps), tuple(outputs)).to(device).view_as(like)
+                return feed(next(steps), tuple(outputs)).to(self.device).view_as(like)
 
             y_hat, x_hat = self._decoder_tensors(z_q, split)
         else:
             static, chain = graph
             static.copy_(z_q)
             y_hat, x_hat = (t.clone() for t in chain.replay(feed))
-        if y_reader.position != y_reader.end:
-            raise DecodeMismatchError("the decoder did not consume every latent of the file")
-        if hasher.digest() != header.latent_hash:
+        y_reader.finish()
+        latent_hash = hasher.digest()
+        if latent_hash != header.latent_hash:
             raise DecodeMismatchError(
                 "the decoded latents differ from the encoder's (latent hash "
-                f"{hasher.hexdigest()} instead of {header.latent_hash.hex()}): the decoder lost "
+                f"{latent_hash.hex()} instead of {header.latent_hash.hex()}): the decoder lost "
                 "synchronization, e.g. because it runs on a device whose floating-point results "
                 "differ from the encoder's (or the header's size or mode was altered); no image "
                 "is returned"
@@ -500,7 +522,8 @@ class ImageCodec:
         params = model.h_s(z_q + model.means_hyper)
 
         def decode(step: Any) -> torch.Tensor:
-            return split((_scale_indexes(model, step.scales),), step.means)
+            # int32 on the device: half the bytes to copy, and what the rANS decoder takes.
+            return split((_scale_indexes(model, step.scales).to(torch.int32),), step.means)
 
         y_hat = model.run_schedule(params, decode)
         with precision(self.synthesis, self.device):

@@ -1,6 +1,6 @@
 """Training data: image folders, random patches, and a sampler that makes every step's batch a
 function of ``(seed, step, rank)``, so that a resumed run sees exactly the batches of an
-uninterrupted one."""
+uninterrupted one, and N processes share out exactly the batches of one."""
 
 from __future__ import annotations
 
@@ -135,6 +135,12 @@ class StepSampler(torch.utils.data.Sampler):
     of ``R`` takes every R-th entry from ``r`` (the first ``R·⌊n/R⌋`` entries), ``batch_size`` at a
     time, dropping an incomplete last batch. So the samples of step ``s`` are a function of
     ``(seed, s, rank)`` and a run can restart at any step.
+
+    The global batch does not depend on how it is shared out: the crop and flips of a sample are
+    seeded by its position in the epoch's order, not by the rank, so step ``s`` of ``R`` ranks
+    with batch ``B`` draws exactly the samples of step ``s`` of one process with batch ``R·B``,
+    rank ``r`` taking the single process's batch entries ``r::R`` (``tests/cli/test_train_ddp.py``
+    trains both and compares the weights).
     """
 
     def __init__(
@@ -148,9 +154,10 @@ class StepSampler(torch.utils.data.Sampler):
         epoch, batch = divmod(self.start_step, self.steps_per_epoch)
         while True:
             g = torch.Generator().manual_seed(mix_seed(self.seed, "order", epoch))
-            order = torch.randperm(self.n, generator=g)[: (self.n // self.world) * self.world]
-            mine = order[self.rank :: self.world].tolist()
+            order = torch.randperm(self.n, generator=g).tolist()
             for position in range(batch * self.batch_size, self.steps_per_epoch * self.batch_size):
-                sample_seed = mix_seed(self.seed, "crop", epoch, self.rank, position)
-                yield mine[position], sample_seed
+                index = position * self.world + self.rank  # in the epoch's order
+                # The 0 stands where the rank stood in an earlier key: single-process runs keep
+                # the crops they always drew.
+                yield order[index], mix_seed(self.seed, "crop", epoch, 0, index)
             epoch, batch = epoch + 1, 0

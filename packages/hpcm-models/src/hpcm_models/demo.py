@@ -1,9 +1,11 @@
-"""``hpcm demo``: every model, a real compress → decompress round trip on bundled photos.
+"""``hpcm demo``: a real compress → decompress round trip on bundled photos, per model.
 
-Builds HPCM-Base, HPCM-Large and the RWKV variants (random weights unless trained checkpoints are
-given), codes each bundled photo to an ``.hpcm`` bitstream through
-:class:`hpcm_models.codec.ImageCodec`, decodes it, and reports the size, the quality, the timings
-and whether the decoder rebuilt exactly the encoder's latents.
+By default the models with shipped weights (:mod:`hpcm_models.pretrained`), at every shipped
+quality: real rates and PSNRs. Otherwise (``--random-weights``, or a model without shipped
+weights or a checkpoint) HPCM-Base, HPCM-Large and the RWKV variants with random weights. Each
+bundled photo is coded to an ``.hpcm`` bitstream through :class:`hpcm_models.codec.ImageCodec`
+and decoded, and the demo reports the size, the quality, the timings and whether the decoder
+rebuilt exactly the encoder's latents.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .pretrained import ShippedWeights, shipped_weights
 from .registry import BUILTIN_MODELS
 
 __all__ = [
@@ -25,13 +28,15 @@ __all__ = [
     "DEMO_MODELS",
     "QUICK_MODEL_KWARGS",
     "DemoRow",
+    "DemoRun",
     "bundled_image",
+    "demo_runs",
     "find_checkpoint",
     "format_demo_table",
     "run_demo",
 ]
 
-#: The models the demo builds, in table order: every built-in model.
+#: The models the demo builds with random weights, in table order: every built-in model.
 DEMO_MODELS: tuple[str, ...] = BUILTIN_MODELS
 
 #: Default photos (``hpcm_models/data``): a 171×256 colour photo and a 192×192 grayscale one, both
@@ -74,12 +79,45 @@ def find_checkpoint(directory: Path, model: str) -> Path | None:
 
 
 @dataclass(frozen=True)
+class DemoRun:
+    """What the demo runs for one row: a model and its weights (a checkpoint, shipped weights, or
+    random weights when both are None)."""
+
+    model: str
+    checkpoint: Path | None = None
+    shipped: ShippedWeights | None = None
+
+    @property
+    def weights(self) -> str:
+        """``"random"``, the checkpoint path, or ``"shipped q2 (λ=0.0067)"``."""
+        if self.checkpoint is not None:
+            return str(self.checkpoint)
+        if self.shipped is not None:
+            return f"shipped q{self.shipped.quality} (λ={self.shipped.lmbda:g})"
+        return "random"
+
+
+def demo_runs(
+    models: Sequence[str], *, checkpoint_dir: Path | None = None, pretrained: bool = False
+) -> list[DemoRun]:
+    """The demo's rows: per model its checkpoint in ``checkpoint_dir`` (:func:`find_checkpoint`);
+    else, with ``pretrained``, one row per shipped quality; else random weights."""
+    shipped = shipped_weights() if pretrained else ()
+    runs = []
+    for name in models:
+        checkpoint = find_checkpoint(checkpoint_dir, name) if checkpoint_dir else None
+        own = [e for e in shipped if e.model == name] if checkpoint is None else []
+        runs += [DemoRun(name, shipped=e) for e in own] or [DemoRun(name, checkpoint)]
+    return runs
+
+
+@dataclass(frozen=True)
 class DemoRow:
     """One model's round trips, averaged over the images.
 
     Attributes:
         model: registry name.
-        weights: ``"random"`` or the checkpoint path.
+        weights: ``"random"``, the checkpoint path, or ``"shipped qQ (λ=…)"``.
         params: parameter count.
         bpp: mean bits per pixel of the entropy-coded streams.
         bpp_file: mean bits per pixel of the whole ``.hpcm`` files.
@@ -87,6 +125,7 @@ class DemoRow:
         encode_ms, decode_ms: mean times per image.
         bit_exact: every decoder rebuilt exactly the encoder's latents.
         images: per-image results (:class:`hpcm_models.evaluation.ImageResult` as dicts).
+        quality: the shipped quality (None for other weights).
     """
 
     model: str
@@ -99,6 +138,7 @@ class DemoRow:
     decode_ms: float
     bit_exact: bool
     images: list[dict[str, Any]]
+    quality: int | None = None
 
 
 def run_demo(
@@ -109,6 +149,7 @@ def run_demo(
     device: str | torch.device = "cpu",
     seed: int = 0,
     quick: bool = False,
+    pretrained: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[DemoRow]:
     """Round-trip ``images`` through every model; see the module docstring.
@@ -116,27 +157,31 @@ def run_demo(
     Args:
         models: registry names.
         images: image paths; default the bundled :data:`DEMO_IMAGES`.
-        checkpoint_dir: where to look for trained weights (:func:`find_checkpoint`); models
-            without one use random weights.
+        checkpoint_dir: where to look for trained weights (:func:`find_checkpoint`).
         device: where to run.
         seed: seed of the random weights (the same seed gives the same weights and bitstreams).
-        quick: small models (:data:`QUICK_MODEL_KWARGS`) instead of M=320, N=256.
+        quick: random models are small (:data:`QUICK_MODEL_KWARGS`) instead of M=320, N=256.
+        pretrained: models with shipped weights get one row per shipped quality; models with
+            neither a checkpoint nor shipped weights use random weights (:func:`demo_runs`).
     """
     from .checkpoints import load_checkpoint, random_model
     from .codec import ImageCodec
     from .evaluation import evaluate_image, mean_point
     from .image_io import read_image
+    from .pretrained import load_pretrained
 
     paths = [Path(p) for p in images] if images else [bundled_image(n) for n in DEMO_IMAGES]
     pictures = [(p.name, read_image(p)) for p in paths]
     kwargs = dict(QUICK_MODEL_KWARGS) if quick else {}
     rows = []
-    for name in models:
-        checkpoint = find_checkpoint(checkpoint_dir, name) if checkpoint_dir else None
+    for run in demo_runs(models, checkpoint_dir=checkpoint_dir, pretrained=pretrained):
+        name = run.model
         if progress:
-            progress(f"{name}: building ({checkpoint or 'random weights'})")
-        if checkpoint is not None:
-            model = load_checkpoint(checkpoint, name, device=device)
+            progress(f"{name}: building ({run.weights})")
+        if run.checkpoint is not None:
+            model = load_checkpoint(run.checkpoint, name, device=device)
+        elif run.shipped is not None:
+            model = load_pretrained(name, run.shipped.quality, device=device)
         else:
             model = random_model(name, seed=seed, device=device, **kwargs)
         codec = ImageCodec(model, name)
@@ -153,7 +198,7 @@ def run_demo(
         rows.append(
             DemoRow(
                 model=name,
-                weights=str(checkpoint) if checkpoint is not None else "random",
+                weights=run.weights,
                 params=sum(p.numel() for p in model.parameters()),
                 bpp=point["bpp"],
                 bpp_file=point["bpp-file"],
@@ -162,6 +207,7 @@ def run_demo(
                 decode_ms=point["decoding_time"] * 1e3,
                 bit_exact=point["bit-exact"],
                 images=[dataclasses.asdict(r) for r in results],
+                quality=run.shipped.quality if run.shipped is not None else None,
             )
         )
         del model, codec

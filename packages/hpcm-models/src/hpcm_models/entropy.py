@@ -18,6 +18,7 @@ those tables (:meth:`GeneralizedGaussian.update`), maps scales to table rows
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -407,5 +408,123 @@ class GeneralizedGaussian(nn.Module):
             *_symbol_range(offsets.cpu().long(), lengths.cpu().long()),
         )
 
+    # ------------------------------------------------------------------ tables in files
+
+    def packed_tables(self) -> dict[str, torch.Tensor]:
+        """The rANS tables as a weights file carries them (:data:`CODING_BUFFERS`, on the CPU):
+        ``quantized_cdf_z`` / ``quantized_cdf_y`` hold their rows' valid entries back to back,
+        int32 ``[sum(cdf_length)]`` (the padded ``[rows, longest]`` layout is mostly zeros);
+        :meth:`load_packed_tables` restores them.
+
+        Raises:
+            RuntimeError: the tables are empty (call :meth:`update` first).
+        """
+        if self.offset_y.numel() == 0 or self.offset_z.numel() == 0:
+            raise RuntimeError("the rANS tables are empty: call update() before packing them")
+        packed = {}
+        for name, value in self.tables().items():
+            value = value.detach().to("cpu")
+            if name.startswith("quantized_cdf_"):
+                lengths = getattr(self, f"cdf_length_{name[-1]}").reshape(-1).tolist()
+                value = torch.cat([row[:n] for row, n in zip(value, lengths, strict=True)])
+            packed[name] = value.to(torch.float32 if name == "scale_table" else torch.int32)
+        return packed
+
+    def load_packed_tables(self, tables: Mapping[str, Any], channels: int) -> None:
+        """Install tables from :meth:`packed_tables` (e.g. read from a weights file) instead of
+        building them, after checking that they are complete and well formed: an increasing
+        positive scale table, one ``z`` row per hyper-latent channel and one ``y`` row per scale,
+        symmetric rows (``offset = -(cdf_length - 3) / 2``) and valid CDFs
+        (:meth:`RansTables.from_model`).
+
+        Args:
+            tables: the seven tables by name.
+            channels: the hyper-latent's channels (N), the rows of the ``z`` table.
+
+        Raises:
+            CheckpointError: names what is missing or malformed; nothing is installed then.
+        """
+        names = set(tables) if isinstance(tables, Mapping) else set()
+        if names != set(CODING_BUFFERS) or not all(
+            isinstance(v, torch.Tensor) for v in tables.values()
+        ):
+            raise CheckpointError(
+                f"expected the coding tables {', '.join(CODING_BUFFERS)} as tensors, got "
+                f"{sorted(names) if names else type(tables).__name__}"
+            )
+        scales = tables["scale_table"].detach().to("cpu")
+        if not (
+            scales.is_floating_point()
+            and scales.dim() == 1
+            and scales.numel() >= 1
+            and bool(torch.isfinite(scales).all())
+            and bool((scales > 0).all())
+            and bool((scales.diff() > 0).all())
+        ):
+            raise CheckpointError(
+                f"the file's scale table is not an increasing table of positive scales: {scales}"
+            )
+        unpacked: dict[str, torch.Tensor] = {"scale_table": scales.float().clone()}
+        for latent, rows in (("z", channels), ("y", scales.numel())):
+            cdf, lengths, offsets = _unpack_rows(tables, latent, rows)
+            unpacked |= {
+                f"quantized_cdf_{latent}": cdf,
+                f"cdf_length_{latent}": lengths,
+                f"offset_{latent}": offsets,
+            }
+        for latent in ("z", "y"):  # every row a valid CDF, before anything is installed
+            RansTables.from_model(_Tables(unpacked), latent)
+        for name, value in unpacked.items():
+            self.set_table(name, value)
+
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.item()):g}"
+
+
+class _Tables:
+    """Tables by name as attributes (what :meth:`RansTables.from_model` reads)."""
+
+    def __init__(self, tables: Mapping[str, torch.Tensor]) -> None:
+        self.__dict__.update(tables)
+
+
+def _unpack_rows(
+    tables: Mapping[str, torch.Tensor], latent: str, rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(cdf [rows, longest], cdf_length [rows], offset [rows])`` of one latent's packed tables,
+    checked for counts and symmetry (the CDF values are checked by :class:`RansTables`)."""
+    flat, lengths, offsets = (
+        tables[f"{kind}_{latent}"].detach().to("cpu")
+        for kind in ("quantized_cdf", "cdf_length", "offset")
+    )
+    if any(t.is_floating_point() or t.is_complex() or t.dim() != 1 for t in (flat, lengths)) or (
+        offsets.is_floating_point() or offsets.dim() != 1
+    ):
+        raise CheckpointError(
+            f"expected 1-D integer tables for {latent}, got quantized_cdf_{latent} "
+            f"{flat.dtype}{list(flat.shape)}, cdf_length_{latent} {lengths.dtype}"
+            f"{list(lengths.shape)}, offset_{latent} {offsets.dtype}{list(offsets.shape)}"
+        )
+    lengths, offsets = lengths.long(), offsets.long()
+    if lengths.numel() != rows or offsets.numel() != rows:
+        raise CheckpointError(
+            f"expected {rows} rows in the {latent} tables, got {lengths.numel()} lengths and "
+            f"{offsets.numel()} offsets"
+        )
+    # A 16-bit CDF has at most 2^16 symbols (each needs a frequency >= 1): 2^16 + 1 entries.
+    if bool((lengths < 4).any()) or bool((lengths > _RANS_TOTAL + 1).any()):
+        raise CheckpointError(f"the {latent} table has rows shorter than 4 or longer than 2^16+1")
+    if int(lengths.sum()) != flat.numel():
+        raise CheckpointError(
+            f"quantized_cdf_{latent} holds {flat.numel()} entries, its rows need "
+            f"{int(lengths.sum())}"
+        )
+    if not torch.equal(offsets, -torch.div(lengths - 3, 2, rounding_mode="floor")):
+        raise CheckpointError(
+            f"offset_{latent} does not fit cdf_length_{latent}: the rows must be symmetric "
+            "(offset = -(cdf_length - 3) / 2)"
+        )
+    cdf = torch.zeros(rows, int(lengths.max()), dtype=torch.int32)
+    for i, row in enumerate(torch.split(flat.long(), lengths.tolist())):
+        cdf[i, : row.numel()] = row.to(torch.int32)
+    return cdf, lengths.to(torch.int32), offsets.to(torch.int32)

@@ -17,10 +17,12 @@ __all__ = [
     "ImageError",
     "InputShapeError",
     "LimitExceededError",
+    "PretrainedWeightsError",
     "ResultsFormatError",
     "TrainingDivergedError",
     "TruncatedBitstreamError",
     "UnsupportedFormatError",
+    "WeightsIntegrityError",
     "WeightsMismatchError",
     "plain_text",
 ]
@@ -42,6 +44,16 @@ class HPCMError(Exception):
 
 class CheckpointError(HPCMError):
     """A checkpoint does not fit the model: missing or unexpected keys, or mismatched shapes."""
+
+
+class PretrainedWeightsError(HPCMError, ValueError):
+    """Shipped weights were asked for that this installation does not have (a model without
+    shipped weights, an unknown quality, the weights a file names), or with constructor arguments
+    that contradict them."""
+
+
+class WeightsIntegrityError(CheckpointError):
+    """A shipped weights file is missing, or its size or SHA-256 differs from the table's."""
 
 
 class InputShapeError(HPCMError, ValueError):

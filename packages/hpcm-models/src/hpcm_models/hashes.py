@@ -3,7 +3,8 @@
 - :func:`weights_hash`: the weights (without the rANS tables, which are rebuilt from them);
 - :func:`config_hash`: the architecture and the rANS tables the codec derives from the model;
 - :func:`latent_hasher`: the integer latents and the image they belong to, hashed as they are
-  coded, so a decoder that lost synchronization refuses the image.
+  coded, so a decoder that lost synchronization refuses the image; :class:`LatentHasher`
+  computes the same digest in a worker thread, off the codec's critical path.
 
 All are 16-byte BLAKE2b digests with a personalization per kind.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,7 @@ from .container import HASH_BYTES, ImageMode
 from .entropy import CODING_BUFFERS
 from .hpcm.model import HPCM
 
-__all__ = ["config_hash", "latent_hasher", "weights_hash"]
+__all__ = ["LatentHasher", "config_hash", "latent_hasher", "weights_hash"]
 
 # Attributes of the RWKV variants that change the architecture (beyond M, N and the config).
 _ARCH_ATTRIBUTES = ("cell_hidden_rates", "fusion_hidden_rate", "fusion_blocks", "prior_hidden_rate")
@@ -38,6 +41,58 @@ def latent_hasher(width: int, height: int, mode: ImageMode) -> Any:
     h = _hasher(b"hpcm-latents")
     h.update(struct.pack("<IIB", width, height, int(mode)))
     return h
+
+
+class LatentHasher:
+    """The latent hash (:func:`latent_hasher`) of symbols handed over in coding order, computed by
+    one worker thread (BLAKE2b releases the GIL, as does the rANS coder): the codec goes on with
+    its next coding step while the previous one is hashed. One worker, in submission order: the
+    digest is that of the symbols concatenated, whatever the timing.
+
+    Use as a context manager (or call :meth:`close`), so an error mid-file stops the worker.
+
+    Args:
+        width, height, mode: the image the latents belong to.
+        threaded: ``False`` hashes in the calling thread (the reference; the same digest).
+    """
+
+    def __init__(self, width: int, height: int, mode: ImageMode, *, threaded: bool = True) -> None:
+        self._hash = latent_hasher(width, height, mode)
+        self._worker = ThreadPoolExecutor(1, "hpcm-latent-hash") if threaded else None
+        self._pending: list[Future[None]] = []
+
+    def update(self, symbols: np.ndarray) -> None:
+        """Add ``symbols`` (integers ``[n]``, hashed as ``<i4``). The worker reads the array
+        later: the caller must not change it afterwards."""
+        data = np.ascontiguousarray(symbols, dtype="<i4")  # a view where it already is
+        if self._worker is None:
+            self._hash.update(data)
+        else:
+            self._pending.append(self._worker.submit(self._hash.update, data))
+
+    def digest(self) -> bytes:
+        """The 16-byte digest of everything added (waits for the worker)."""
+        for job in self._pending:
+            job.result()
+        self._pending.clear()
+        return self._hash.digest()
+
+    def close(self) -> None:
+        """Stop the worker: waits for the hash in progress, drops the queued ones."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
+
+    def __enter__(self) -> LatentHasher:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def _update_field(h: Any, data: bytes | memoryview) -> None:

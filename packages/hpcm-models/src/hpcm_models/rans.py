@@ -1,51 +1,62 @@
-"""rANS coding of symbol arrays: the coder backend, the escape-free symbol writer and reader of
-the ``.hpcm`` codec, the escape stream, and the checks that keep every read inside its buffer.
+"""rANS coding of symbol arrays: the codec's symbol writer and reader, its coder choice, the
+escape stream, and the checks that keep every read inside its stream.
 
-The backend is CompressAI's ``RansEncoder``/``RansDecoder`` (ryg_rans, 64-bit state, 16-bit
-frequencies) and nothing outside :func:`new_encoder` and :func:`new_decoder` touches it: another
-coder plugs in there (:class:`SymbolEncoder`, :class:`SymbolDecoder`), as long as it writes the
-same bytes for the same symbols (the golden files check it) or the format version changes.
+The codec codes with :mod:`hpcm_models.ans` (NumPy arrays, numba, GIL released, bounded reads).
+CompressAI 1.2.8's coder writes the same bytes; it stays as the codec's fallback where numba
+cannot compile (:func:`resolve_coder`), as the old path of the benchmarks and tests
+(``coder="compressai"``), and as the backend of the model's own ``compress``/``decompress``
+(:func:`new_encoder`, :func:`new_decoder`: tables with CompressAI's escape symbol, coded in bypass
+mode). Another coder plugs in beside them as long as it writes the same bytes for the same symbols
+(the golden files check it) or the format version changes.
 
-Bounded reads: the codec's tables are escape-free
-(:meth:`hpcm_models.entropy.RansTables.from_model`), so a decoder reads the 8-byte initial state
-and at most one 32-bit word per symbol. A
-:class:`SymbolReader` hands the backend its stream zero-padded to ``8 + 4 · symbols`` bytes, and
-:func:`check_rans_stream` refuses streams that cannot be one: even a desynchronized decoder stays
-inside its buffer. Values beyond their table row's range travel in the ESCAPES stream
+Bounded reads: the codec's tables are escape-free (:class:`~hpcm_models.ans.AnsTables`), so a
+decoder reads the 8-byte initial state and at most one 32-bit word per symbol;
+:func:`check_rans_stream` refuses streams that cannot be one. ``ans`` checks every read against
+the stream's end; CompressAI's decoder, which does not, gets its stream zero-padded to
+``8 + 4 · symbols`` bytes. Values beyond their table row's range travel in the ESCAPES stream
 (:func:`pack_escapes`, :func:`parse_escapes`; ``docs/format.md``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 import zlib
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
+from . import ans
+from .ans_reference import CompressAIDecoder, compressai_encode
 from .entropy import RansTables
-from .errors import CorruptBitstreamError, DecodeMismatchError, EncodeError
+from .errors import BitstreamError, CorruptBitstreamError, DecodeMismatchError, EncodeError
 
 __all__ = [
+    "CODERS",
     "SymbolDecoder",
     "SymbolEncoder",
     "SymbolReader",
     "SymbolWriter",
     "check_rans_stream",
+    "codec_tables",
     "device_symbols",
     "new_decoder",
     "new_encoder",
     "pack_escapes",
     "parse_escapes",
+    "resolve_coder",
 ]
 
-# A flushed stream starts with the final 64-bit encoder state, which is always >= 2^31.
-_RANS_STATE_MIN = 1 << 31
+#: The codec's entropy coders, by name: the same bytes from both.
+CODERS = ("ans", "compressai")
 _INT32 = 1 << 31
 
 
-# ---------------------------------------------------------------------------- the backend
+# ---------------------------------------------------------------------------- the model's backend
 
 
 class SymbolEncoder(Protocol):
@@ -94,14 +105,69 @@ class _CompressaiDecoder:
 
 
 def new_encoder(tables: RansTables) -> SymbolEncoder:
-    """An encoder for symbols of ``tables``' rows."""
+    """CompressAI's encoder for symbols of ``tables``' rows (the model's own ``compress``)."""
     return _CompressaiEncoder(tables)
 
 
 def new_decoder(stream: bytes, tables: RansTables) -> SymbolDecoder:
-    """A decoder of ``stream`` with ``tables``. It trusts the stream: with tables that have an
-    escape symbol it may read past the end of a damaged one (see :class:`SymbolReader`)."""
+    """CompressAI's decoder of ``stream`` with ``tables``. It trusts the stream: with tables that
+    have an escape symbol it may read past the end of a damaged one (``docs/format.md``)."""
     return _CompressaiDecoder(stream, tables)
+
+
+# ---------------------------------------------------------------------------- the codec's coder
+
+
+def resolve_coder(coder: str | None = None) -> str:
+    """The codec's coder: ``"ans"``, ``"compressai"``, or ``None`` for ``"ans"`` where its numba
+    kernels load (compiled on first use, then cached on disk), else ``"compressai"`` with one
+    :class:`RuntimeWarning` per process. Both write the same bytes.
+
+    Raises:
+        ValueError: an unknown name.
+        ImportError: ``"ans"`` asked for, and numba is missing.
+    """
+    if coder not in (None, *CODERS):
+        raise ValueError(f"expected a coder in {CODERS} or None, got {coder!r}")
+    if coder is None:
+        return "ans" if _ans_problem() is None else "compressai"
+    if coder == "ans":
+        ans.warm_up()
+    return coder
+
+
+def codec_tables(model: Any, latent: str) -> ans.AnsTables:
+    """The codec's escape-free tables of ``latent`` (``"z"`` or ``"y"``) from any object holding
+    the model's rANS tables (an HPCM model or its :class:`~hpcm_models.entropy.
+    GeneralizedGaussian`), validated row by row.
+
+    Raises:
+        CheckpointError: empty or malformed tables.
+    """
+    return ans.AnsTables.from_cdfs(
+        *(getattr(model, f"{buffer}_{latent}").detach().cpu() for buffer in _TABLE_BUFFERS),
+        name=latent,
+    )
+
+
+_TABLE_BUFFERS = ("quantized_cdf", "cdf_length", "offset")
+
+
+@functools.cache
+def _ans_problem() -> str | None:
+    """Why :mod:`hpcm_models.ans` cannot run here (None if it can); warns once per process."""
+    try:
+        ans.warm_up()  # loads numba; compiles the kernels on the first run on a machine
+    except Exception as err:  # numba missing, or unable to compile for this platform
+        problem = f"{type(err).__name__}: {err}"
+        warnings.warn(
+            f"hpcm_models.ans is unavailable ({problem}); the codec codes with CompressAI's "
+            "rANS instead (the same bytes, about 10x slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return problem
+    return None
 
 
 # ---------------------------------------------------------------------------- the codec's coding
@@ -128,88 +194,167 @@ class SymbolWriter:
     """Entropy-codes one latent's symbols in coding order, a chunk (coding step) at a time;
     values outside their table row's range become escapes.
 
+    rANS codes in reverse, so the chunks are copied into buffers of the latent's size (the
+    caller may reuse its arrays at once: the CUDA graphs' pinned buffers) and coded at
+    :meth:`flush`.
+
     Args:
         tables: escape-free tables.
-        hasher: updated with every symbol (``<i4`` bytes), e.g. the file's latent hash.
+        count: the latent's number of symbols.
+        hasher: gets every symbol (int32 ``[n]`` arrays it may read later; e.g. the file's
+            :class:`~hpcm_models.hashes.LatentHasher`).
         escapes: where ``(positions, excesses)`` of escaped values are appended (shared by the
             writers of one file, see :func:`pack_escapes`).
         start: position of this latent's first symbol among the file's symbols.
+        coder: ``"ans"`` or ``"compressai"`` (:func:`resolve_coder`).
     """
 
-    def __init__(self, tables: RansTables, hasher: Any, escapes: list, start: int) -> None:
-        self.tables, self.hasher, self.escapes, self.position = tables, hasher, escapes, start
-        self.encoder = new_encoder(tables)
+    def __init__(
+        self,
+        tables: ans.AnsTables,
+        count: int,
+        hasher: Any,
+        escapes: list,
+        start: int,
+        coder: str = "ans",
+    ) -> None:
+        self.tables, self.hasher, self.escapes, self.coder = tables, hasher, escapes, coder
+        self.start = self.position = start
+        self._symbols = np.empty(count, np.int32)
+        self._coded = np.empty(count, np.int32)
+        self._rows = np.empty(count, np.int32)
 
     def add(self, symbols: np.ndarray, coded: np.ndarray, rows: np.ndarray, broken: bool) -> None:
-        """Add the next chunk (see :func:`device_symbols`; int32 arrays)."""
+        """Add the next chunk (see :func:`device_symbols`; int32 arrays, copied)."""
         if broken:
             raise EncodeError(
                 "the model produced non-finite latents or latents beyond 32-bit integers; its "
                 "weights (or the input) are broken"
             )
-        self.hasher.update(symbols.astype("<i4", copy=False).tobytes())
-        outside = np.flatnonzero(symbols != coded)
+        a, b = self.position - self.start, self.position - self.start + symbols.size
+        if b > self._symbols.size:
+            raise RuntimeError("more symbols added than the writer was made for")
+        chunk = self._symbols[a:b]
+        chunk[:] = symbols
+        self._coded[a:b] = coded
+        self._rows[a:b] = rows
+        self.hasher.update(chunk)  # never written again
+        outside = np.flatnonzero(chunk != self._coded[a:b])
         if outside.size:
             # An escape stores how far beyond its table edge a latent lies (> 0: above the
             # largest symbol, < 0: below the smallest); the symbol coded is that edge.
-            excess = symbols[outside].astype(np.int64) - coded[outside]
+            excess = chunk[outside].astype(np.int64) - self._coded[a:b][outside]
             self.escapes.append((self.position + outside, excess))
-        self.encoder.encode(coded, rows)
         self.position += symbols.size
 
     def flush(self) -> bytes:
-        return self.encoder.flush()
+        """The stream of every symbol (all of them must have been added)."""
+        if self.position - self.start != self._symbols.size:
+            raise RuntimeError("flush before every symbol of the latent was added")
+        encode = ans.encode if self.coder == "ans" else compressai_encode
+        return encode(self._coded, self._rows, self.tables)
 
 
 class SymbolReader:
-    """Decodes one latent's symbols in coding order from a padded rANS stream, applies escapes.
+    """Decodes one latent's symbols in coding order, a chunk at a time, and applies escapes.
+
+    Errors of the rANS decoder on a stream whose CRC passed — it ends before its symbols do, or
+    does not end with them — mean that the decoder computed other table rows than the encoder
+    (lost synchronization, or crafted bytes): they are raised as :class:`DecodeMismatchError`.
 
     Args:
         stream: the latent's stream (checked with :func:`check_rans_stream`).
         count: how many symbols it holds.
         tables: escape-free tables (the writer's).
-        hasher: updated with every symbol, as the writer's.
+        hasher: gets every decoded symbol, as the writer's.
         escapes: ``(positions, excesses)`` of the file (:func:`parse_escapes`).
         start: position of this latent's first symbol among the file's symbols.
+        coder: ``"ans"`` or ``"compressai"`` (:func:`resolve_coder`).
     """
 
     def __init__(
         self,
         stream: bytes,
         count: int,
-        tables: RansTables,
+        tables: ans.AnsTables,
         hasher: Any,
         escapes: tuple[np.ndarray, np.ndarray],
         start: int,
+        coder: str = "ans",
     ) -> None:
         self.tables, self.hasher, self.escapes = tables, hasher, escapes
-        self.position, self.end = start, start + count
-        # Without bypass symbols, decoding reads the 8-byte state and at most one 32-bit word per
-        # symbol: a buffer of 8 + 4·count bytes can never be overrun, whatever the stream holds.
-        self.decoder = new_decoder(stream + bytes(max(0, 8 + 4 * count - len(stream))), tables)
+        self.start = self.position = start
+        self.end = start + count
+        self._values = np.empty(count, np.int32)
+        self.decoder: Any
+        if coder == "ans":
+            self.decoder = ans.AnsDecoder(stream, tables)  # checks every read: no padding
+        else:  # zero-padded to 8 + 4·count bytes, which it cannot read past
+            self.decoder = CompressAIDecoder(stream, count, tables)
 
     def take(self, indexes: np.ndarray) -> np.ndarray:
-        """The next ``len(indexes)`` values (int64), each read with table row ``indexes``."""
-        n = indexes.size
-        if self.position + n > self.end:
+        """The next ``len(indexes)`` values (int32 ``[n]``, a view the reader never changes
+        again), each read with table row ``indexes`` (int32 avoids a conversion)."""
+        a = self.position - self.start
+        b = a + indexes.size
+        if b > self._values.size:
             raise RuntimeError("decoder asked for more symbols than the stream holds")
-        values = self.decoder.decode(indexes)
-        positions, excess = self.escapes
-        a, b = np.searchsorted(positions, [self.position, self.position + n])
-        if b > a:
-            local = positions[a:b] - self.position
-            beyond = excess[a:b]
-            low, high = self.tables.low[indexes[local]], self.tables.high[indexes[local]]
-            edge = np.where(beyond > 0, high, low)
-            if not (values[local] == edge).all():
-                raise DecodeMismatchError(
-                    "decoded latents disagree with the escaped values of the file: the decoder "
-                    "lost synchronization with the encoder; no image is returned"
-                )
-            values[local] = edge + beyond
-        self.hasher.update(values.astype("<i4").tobytes())
-        self.position += n
+        values = self._values[a:b]
+        with _desync_errors():
+            if isinstance(self.decoder, ans.AnsDecoder):
+                self.decoder.decode(indexes, out=values)
+            else:
+                values[:] = self.decoder.decode(indexes)
+        self._apply_escapes(values, indexes)
+        self.hasher.update(values)
+        self.position += indexes.size
         return values
+
+    def _apply_escapes(self, values: np.ndarray, indexes: np.ndarray) -> None:
+        positions, excess = self.escapes
+        a, b = np.searchsorted(positions, [self.position, self.position + values.size])
+        if b == a:
+            return
+        local = positions[a:b] - self.position
+        rows = indexes[local]
+        edge = np.where(excess[a:b] > 0, self.tables.high[rows], self.tables.low[rows])
+        if not (values[local] == edge).all():
+            raise DecodeMismatchError(
+                "decoded latents disagree with the escaped values of the file: the decoder "
+                "lost synchronization with the encoder; no image is returned"
+            )
+        escaped = edge + excess[a:b]
+        if escaped.min() < -_INT32 or escaped.max() >= _INT32:
+            raise CorruptBitstreamError("escaped values beyond 32-bit integers")
+        values[local] = escaped
+
+    def finish(self) -> None:
+        """Check that every symbol was read and the stream ended exactly with the last one
+        (``ans``; CompressAI's decoder cannot tell).
+
+        Raises:
+            DecodeMismatchError: symbols or stream words left over.
+        """
+        if self.position != self.end:
+            raise DecodeMismatchError("the decoder did not consume every latent of the file")
+        with _desync_errors():
+            if isinstance(self.decoder, ans.AnsDecoder):
+                self.decoder.finish()
+
+
+@contextlib.contextmanager
+def _desync_errors() -> Iterator[None]:
+    """Re-raise the rANS decoder's stream errors as :class:`DecodeMismatchError`."""
+    try:
+        yield
+    except DecodeMismatchError:
+        raise
+    except BitstreamError as err:
+        raise DecodeMismatchError(
+            f"the rANS stream does not fit the decoded table rows ({err}): the decoder lost "
+            "synchronization with the encoder (e.g. it runs on a device whose floating-point "
+            "results differ from the encoder's), or the stream was crafted; no image is returned"
+        ) from err
 
 
 def check_rans_stream(stream: bytes, count: int, name: str) -> None:
@@ -218,19 +363,19 @@ def check_rans_stream(stream: bytes, count: int, name: str) -> None:
     Raises:
         CorruptBitstreamError: naming the stream ``name``.
     """
-    # A flushed stream is whole 32-bit words, starts with a state >= 2^31 and, without bypass
-    # symbols, carries at most 16 bits per symbol plus the state.
+    # A flushed stream is whole 32-bit words, starts with a state in [2^31, 2^63) and, without
+    # bypass symbols, carries at most 16 bits per symbol plus the state.
     if len(stream) < 8 or len(stream) % 4:
         raise CorruptBitstreamError(
             f"{name} stream of {len(stream)} bytes is not a rANS stream (expected a multiple of "
             "4, at least 8)"
         )
-    if int.from_bytes(stream[:8], "little") < _RANS_STATE_MIN:
-        raise CorruptBitstreamError(f"{name} stream starts with an invalid rANS state")
     if len(stream) > 2 * count + 16:
         raise CorruptBitstreamError(
             f"{name} stream of {len(stream)} bytes is longer than {count} symbols can be"
         )
+    if not ans.STATE_MIN <= int.from_bytes(stream[:8], "little") < ans.STATE_END:
+        raise CorruptBitstreamError(f"{name} stream starts with an invalid rANS state")
 
 
 # ---------------------------------------------------------------------------- escapes

@@ -97,14 +97,34 @@ def registered_name(model: nn.Module) -> str:
     return names[0]
 
 
-def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model with freshly initialized weights.
+def get_model(
+    name: str, *, quality: int | None = None, pretrained: bool = False, **kwargs: Any
+) -> nn.Module:
+    """Build a registered model: freshly initialized, or with the weights shipped in the package
+    (``pretrained=True``, CompressAI's zoo style; :mod:`hpcm_models.pretrained`).
 
     Args:
-        name: a name from :func:`available_models`, e.g. ``"hpcm-base"`` or ``"hpcm-large"``.
-        **kwargs: constructor arguments, e.g. ``M=320, N=256``.
+        name: a name from :func:`available_models`, e.g. ``"hpcm-base"`` or ``"hpcm-small"``.
+        quality: with ``pretrained``: the shipped rate point, 1 = lowest rate (default: the
+            middle one).
+        pretrained: load the shipped weights: the model comes back in eval mode, ready to code.
+        **kwargs: constructor arguments, e.g. ``M=320, N=256``; with ``pretrained`` only those
+            that equal the shipped model's.
 
     Raises:
-        ValueError: for an unknown name (the message lists the known ones).
+        ValueError: for an unknown name (the message lists the known ones), or ``quality``
+            without ``pretrained``.
+        PretrainedWeightsError: (a ``ValueError``) nothing ships for ``name`` at ``quality``, or
+            ``kwargs`` contradict the shipped model.
+        WeightsIntegrityError: a shipped file is missing or damaged.
     """
+    if pretrained:
+        from .pretrained import load_pretrained  # builds on checkpoints, which imports this module
+
+        model_class(name)  # an unknown name is a ValueError like any other
+        return load_pretrained(name, quality, **kwargs)
+    if quality is not None:
+        raise ValueError(
+            f"quality={quality!r} selects shipped weights: pass pretrained=True as well"
+        )
     return model_class(name)(**kwargs)

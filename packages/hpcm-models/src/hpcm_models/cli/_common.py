@@ -17,6 +17,7 @@ __all__ = [
     "add_file_options",
     "add_models_option",
     "add_weight_options",
+    "check_shipped_options",
     "file_arguments",
     "json_object",
     "positive_int",
@@ -75,7 +76,7 @@ def add_file_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="if OUT is a symbolic link, replace the file it names; if OUT is a FIFO or a "
         "character device, write into it (refused without --force, like gzip). The input and "
-        "the checkpoint are never overwritten",
+        "the weights in use (the checkpoint, the shipped weights) are never overwritten",
     )
     g.add_argument(
         "--max-pixels",
@@ -88,16 +89,22 @@ def add_file_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def file_arguments(args: argparse.Namespace) -> dict[str, Any]:
+def file_arguments(args: argparse.Namespace, shipped: bool = False) -> dict[str, Any]:
     """The keyword arguments of :func:`~hpcm_models.codec_files.compress_file` and
     ``decompress_file`` from :func:`add_file_options` and the weights: the limits of
-    ``--max-pixels``, the checkpoint protected like the input, ``--force``."""
+    ``--max-pixels``, the weights in use protected like the input (the checkpoint, or with
+    ``shipped`` every file of the shipped weights), ``--force``."""
     from hpcm_models.container import Limits
 
     checkpoint = getattr(args, "checkpoint", None)
+    protect: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint else {}
+    if shipped:
+        from hpcm_models.pretrained import shipped_files
+
+        protect |= shipped_files()
     return {
         "limits": Limits(max_pixels=args.max_pixels),
-        "protect": {"checkpoint": checkpoint} if checkpoint else {},
+        "protect": protect,
         "write_through": args.force,
     }
 
@@ -118,10 +125,11 @@ def add_models_option(
     )
 
 
-def add_weight_options(p: argparse.ArgumentParser) -> None:
-    """The options that say where the weights come from (``compress`` and ``decompress``)."""
-    g = p.add_argument_group("weights (one of --checkpoint, --random-weights)")
-    source = g.add_mutually_exclusive_group(required=True)
+def add_weight_options(p: argparse.ArgumentParser, shipped: str) -> None:
+    """The options that say where the weights come from (``compress`` and ``decompress``);
+    ``shipped`` says which shipped weights are used when neither is given."""
+    g = p.add_argument_group(f"weights (default: {shipped})")
+    source = g.add_mutually_exclusive_group()
     source.add_argument(
         "--checkpoint",
         type=Path,
@@ -137,11 +145,27 @@ def add_weight_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model-kwargs",
         type=json_object,
-        default={},
         metavar="JSON",
         help="constructor kwargs for raw state dicts and --random-weights, e.g. '{\"M\": 192}'",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+
+
+def check_shipped_options(args: argparse.Namespace) -> bool:
+    """Whether ``args`` ask for the shipped weights (neither ``--checkpoint`` nor
+    ``--random-weights``); refuses ``--model-kwargs`` then, and ``--quality`` otherwise."""
+    shipped = args.checkpoint is None and not args.random_weights
+    if shipped and args.model_kwargs is not None:
+        raise HPCMError(
+            "--model-kwargs cannot change the shipped weights' model; it goes with --checkpoint "
+            "or --random-weights"
+        )
+    if not shipped and getattr(args, "quality", None) is not None:
+        raise HPCMError(
+            "--quality selects shipped weights; it cannot be used with --checkpoint or "
+            "--random-weights"
+        )
+    return shipped
 
 
 def prepare_device(spec: str) -> Any:

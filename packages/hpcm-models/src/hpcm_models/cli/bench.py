@@ -18,27 +18,57 @@ from hpcm_models.errors import HPCMError
 HELP = "measure parameters, FLOPs, latency and memory of the models and context cells"
 
 EPILOG = """\
-Defaults: on CUDA, eval at 768x512 (Kodak) and training steps of 16 x 256x256; on CPU, eval at
-256x256 and training steps of 1 x 256x256. Peak memory is measured on CUDA only. On CUDA the
-fast paths (CUDA graphs, bf16, fused Adam; docs/performance.md) are measured too, against the
-eager float32 baseline of the same run, and the context cells are also timed replayed from CUDA
-graphs. benchmarks/bench_context_cells.py compares the cells in more precisions.
+Defaults: on CUDA, eval at 768x512 (Kodak), training steps of 16 x 256x256, the context cells at
+Kodak, 1080p and 4K latent sizes, 5 timed runs. On CPU the defaults finish in about a minute on
+2 cores: eval at 256x256, no training steps, the cells at Kodak size only, 1 timed run; ask for
+more with --train (or --train-size / --train-batch), --cell-sizes kodak 1080p 4k and --repeat
+(all of it: 20+ minutes). Peak memory is measured on CUDA only. On CUDA the fast paths (CUDA
+graphs, bf16, fused Adam; docs/performance.md) are measured too, against the eager float32
+baseline of the same run, and the context cells are also timed replayed from CUDA graphs.
+benchmarks/bench_context_cells.py compares the cells in more precisions.
 
 examples:
   hpcm bench --device cuda --json bench-h200.json
-  hpcm bench --device cpu --models hpcm-base hpcm-phase1 --size 256x256 --repeat 3
-  hpcm bench --models hpcm-base --size 128x128 --repeat 1 --no-cells \\
+  hpcm bench --device cpu --train --cell-sizes kodak 1080p 4k --repeat 3 --json bench-cpu.json
+  hpcm bench --device cpu --models hpcm-base hpcm-phase1 --size 256 --repeat 3
+  hpcm bench --models hpcm-base --size 128 --repeat 1 --no-cells \\
       --model-kwargs '{"M": 32, "N": 16}'
 """
 
+# What runs when a flag is not given: (on CUDA, on CPU). The CPU column keeps a plain
+# `hpcm bench --device cpu` to about a minute on 2 cores; the 4K cells alone take minutes there.
+DEFAULTS = {
+    "train": (True, False),
+    "cell_sizes": (["kodak", "1080p", "4k"], ["kodak"]),
+    "repeat": (5, 1),
+}
+CPU_NOTE = (
+    "CPU defaults (about a minute on 2 cores): eval only, Kodak-size cells, 1 timed run. For all "
+    "of it (20+ minutes): --train --cell-sizes kodak 1080p 4k --repeat 5"
+)
+
 
 def _size(text: str) -> tuple[int, int]:
+    """``"256"`` → (256, 256); ``"768x512"`` → (768, 512) (width, height)."""
     from hpcm_models.benchmark import parse_size
 
+    if text.strip().isdigit():
+        text = f"{text.strip()}x{text.strip()}"
     try:
         return parse_size(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise argparse.ArgumentTypeError(f"{err} (or one number N for NxN)") from None
+
+
+def _resolve_defaults(args: argparse.Namespace, cuda: bool) -> list[str]:
+    """Give the flags left unset the device's defaults (:data:`DEFAULTS`); return their names."""
+    if args.train is None and (args.train_size or args.train_batch):
+        args.train = True  # asking for a training size or batch asks for training steps
+    args.train_size = args.train_size or (256, 256)
+    unset = [name for name in DEFAULTS if getattr(args, name) is None]
+    for name in unset:
+        setattr(args, name, DEFAULTS[name][0 if cuda else 1])
+    return unset
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,20 +83,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--size", type=_size, help="eval input WIDTHxHEIGHT, multiples of 128")
-    p.add_argument("--train-size", type=_size, default=(256, 256), help="training crop size")
+    p.add_argument(
+        "--size",
+        type=_size,
+        help="eval input N (NxN) or WxH, multiples of 128 (default: 768x512 CUDA, 256 CPU)",
+    )
+    p.add_argument("--train-size", type=_size, help="training crop size (default: 256)")
     p.add_argument("--train-batch", type=int, help="training batch (default: 16 CUDA, 1 CPU)")
-    p.add_argument("--no-train", action="store_true", help="skip the training steps")
+    p.add_argument(
+        "--train",
+        action=argparse.BooleanOptionalAction,
+        help="time training steps (default: on CUDA; on CPU if asked or given --train-size/-batch)",
+    )
     p.add_argument("--no-cells", action="store_true", help="skip the context-cell benchmark")
     p.add_argument(
         "--cell-sizes",
         nargs="+",
         choices=("kodak", "1080p", "4k"),
-        default=["kodak", "1080p", "4k"],
-        help="latent sizes of the cell benchmark",
+        help="latent sizes of the cell benchmark (default: all three on CUDA, kodak on CPU)",
     )
     p.add_argument("--cell-dim", type=int, default=640, help="cell channels, 2M (default: 640)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs (median reported)")
+    p.add_argument(
+        "--repeat", type=int, help="timed runs, median reported (default: 5 CUDA, 1 CPU)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     p.add_argument(
         "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast of the baseline"
@@ -87,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from hpcm_models.devices import resolve_device
 
     device = resolve_device(args.device, allow_auto=True)
+    defaulted = _resolve_defaults(args, device.type == "cuda")
     size, train_batch = _settings(args, device)
     info = machine_info(device)
     print(
@@ -94,14 +134,16 @@ def run(args: argparse.Namespace) -> int:
         f"{info['torch_threads']} threads, Bi-WKV CUDA kernel: {info['biwkv4_cuda_kernel']}",
         flush=True,
     )
+    if device.type != "cuda" and defaulted:
+        print(CPU_NOTE, flush=True)
     payload: dict = {
         "machine": info,
         "settings": {
             "models": args.models,
             "model_kwargs": args.model_kwargs,
             "size": list(size),
-            "train_size": None if args.no_train else list(args.train_size),
-            "train_batch": None if args.no_train else train_batch,
+            "train_size": list(args.train_size) if args.train else None,
+            "train_batch": train_batch if args.train else None,
             "repeat": args.repeat,
             "warmup": args.warmup,
             "amp": args.amp,
@@ -149,7 +191,7 @@ def _models(
             device=device,
             size=size,
             model_kwargs=args.model_kwargs,
-            train_size=None if args.no_train else args.train_size,
+            train_size=args.train_size if args.train else None,
             train_batch=train_batch,
             repeat=args.repeat,
             warmup=args.warmup,
@@ -161,9 +203,7 @@ def _models(
     except (TypeError, ValueError) as err:
         raise HPCMError(f"cannot build the models with {args.model_kwargs}: {err}") from None
     train_note = (
-        ""
-        if args.no_train
-        else f", training {train_batch}x{args.train_size[0]}x{args.train_size[1]}"
+        f", training {train_batch}x{args.train_size[0]}x{args.train_size[1]}" if args.train else ""
     )
     print(f"\nModels (eval forward at {size[0]}x{size[1]}, batch 1{train_note}; {device}):")
     print(format_model_table(models))

@@ -13,11 +13,13 @@ from hpcm_models.errors import HPCMError
 HELP = "rate-distortion of checkpoints on an image folder, with real bitstreams"
 
 EPILOG = """\
-Each --checkpoint is one rate point. Every image is compressed to an .hpcm bitstream and decoded
-again: bpp counts the entropy-coded bytes (bpp-file the whole file), PSNR and MS-SSIM compare the
-decoded 8-bit image with the original. The JSON is CompressAI's results format.
+Each --checkpoint (or each --quality of the shipped weights) is one rate point. Every image is
+compressed to an .hpcm bitstream and decoded again: bpp counts the entropy-coded bytes (bpp-file
+the whole file), PSNR and MS-SSIM compare the decoded 8-bit image with the original. The JSON is
+CompressAI's results format.
 
 examples:
+  hpcm eval --quality 1 2 3 --dataset photos/ --compare jpeg webp --output small.json
   hpcm eval --model hpcm-base --checkpoint HPCM_Base_0.0018.pth.tar HPCM_Base_0.0035.pth.tar \\
       --dataset kodak/ --output base.json --plot rd.png
   hpcm eval --checkpoint runs/phase2/best.pt --dataset kodak/ --output phase2.json
@@ -31,11 +33,12 @@ classic codec's PSNR at the learned codec's bpp on each image (linear in bpp bet
 qualities that bracket it; "not reachable" outside the sweep, never extrapolated) and the mean
 PSNR gain. The table goes into the --output JSON ("compare"); each classic RD curve is written
 beside it as STEM.jpeg.json / STEM.webp.json (CompressAI's layout, for bd-rate and plots).
-Without --checkpoint or --random-weights only the classic codecs are evaluated.
+Without --checkpoint, --quality or --random-weights only the classic codecs are evaluated.
 """
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from hpcm_models.pretrained import DEFAULT_MODEL
     from hpcm_models.registry import available_models
 
     description = "Evaluate checkpoints (one rate point each) with real entropy coding."
@@ -43,9 +46,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         choices=available_models(),
-        help="model name (needed for raw state dicts; read from training checkpoints)",
+        metavar="NAME",
+        help=f"model name (needed for raw state dicts, read from training checkpoints; with "
+        f"--quality, default {DEFAULT_MODEL})",
     )
     p.add_argument("--checkpoint", type=Path, nargs="+", metavar="CKPT", help="one per rate point")
+    p.add_argument(
+        "--quality",
+        type=int,
+        nargs="+",
+        metavar="Q",
+        help="evaluate the shipped weights of --model at these qualities (1 = lowest rate)",
+    )
     p.add_argument(
         "--random-weights",
         action="store_true",
@@ -96,15 +108,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.compare:
         args.compare = list(dict.fromkeys(args.compare))  # each codec once
-    if args.compare and not args.checkpoint and not args.random_weights:
+    sources = [bool(args.checkpoint), args.quality is not None, args.random_weights]
+    if args.compare and not any(sources):
         return run_classic(args)
-    if bool(args.checkpoint) == bool(args.random_weights):
+    if sum(sources) != 1:
         raise HPCMError(
-            "give --checkpoint CKPT [CKPT ...] or --random-weights (not both), "
-            "or only --compare CODEC"
+            "give one of --checkpoint CKPT [CKPT ...], --quality Q [Q ...] (the shipped weights) "
+            "and --random-weights, or only --compare CODEC"
         )
     if args.random_weights and args.model is None:
         raise HPCMError("--random-weights needs --model")
+    if args.quality is not None and args.model_kwargs is not None:
+        raise HPCMError("--model-kwargs cannot change the shipped weights' model")
     if args.max_images is not None and args.max_images < 1:
         raise HPCMError(f"expected --max-images >= 1, got {args.max_images}")
     files = find_images(args.dataset)[: args.max_images]
@@ -114,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or model_name
     description = (
         f"{model_name}, actual bitstreams (hpcm eval), {len(files)} images of {args.dataset}, "
-        f"device {device}" + (", RANDOM WEIGHTS" if args.random_weights else "")
+        f"device {device}"
+        + (", RANDOM WEIGHTS" if args.random_weights else "")
+        + (", shipped weights" if args.quality is not None else "")
     )
     document = results_document(
         name, description, points, extra={"model": model_name, "dataset": str(args.dataset)}
@@ -142,10 +159,17 @@ def _rate_points(
     from hpcm_models.checkpoints import load_checkpoint, random_model
     from hpcm_models.codec import ImageCodec
     from hpcm_models.evaluation import evaluate_codec, mean_point
+    from hpcm_models.pretrained import DEFAULT_MODEL, find_weights, load_pretrained
 
-    sources = (
-        [str(c) for c in args.checkpoint] if args.checkpoint else [f"random(seed={args.seed})"]
-    )
+    # Every quality is looked up before the first is evaluated: a bad one fails at once.
+    shipped = {
+        entry.label: entry
+        for entry in (find_weights(args.model or DEFAULT_MODEL, q) for q in args.quality or ())
+    }
+    if args.checkpoint:
+        sources = [str(c) for c in args.checkpoint]
+    else:
+        sources = list(shipped) or [f"random(seed={args.seed})"]
     points = []
     model_name = args.model
     for source in sources:
@@ -153,6 +177,8 @@ def _rate_points(
             model = random_model(
                 args.model, seed=args.seed, device=device, **(args.model_kwargs or {})
             )
+        elif source in shipped:
+            model = load_pretrained(shipped[source].model, shipped[source].quality, device=device)
         else:
             model = load_checkpoint(
                 source, args.model, device=device, model_kwargs=args.model_kwargs
@@ -313,7 +339,9 @@ def run_classic(args: argparse.Namespace) -> int:
     from hpcm_models.evaluation import plot_rd
 
     if args.model is not None or args.model_kwargs is not None:
-        raise HPCMError("--model and --model-kwargs need --checkpoint or --random-weights")
+        raise HPCMError(
+            "--model and --model-kwargs need --checkpoint, --quality or --random-weights"
+        )
     if args.max_images is not None and args.max_images < 1:
         raise HPCMError(f"expected --max-images >= 1, got {args.max_images}")
     files = find_images(args.dataset)[: args.max_images]

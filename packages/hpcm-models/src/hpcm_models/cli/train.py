@@ -66,6 +66,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-val-images", type=int, help="validate on the first N images only")
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, required=True, help="total optimizer steps of the run")
+    g.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="end this invocation at STEP (validated and saved as at the end); --resume "
+        "continues the same --steps schedule",
+    )
     g.add_argument("--lmbda", type=float, default=0.013, help="λ (default: 0.013)")
     g.add_argument("--metric", choices=("mse", "ms-ssim"), default="mse")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
@@ -88,6 +95,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=[0.3, 0.1, 0.01],
         metavar="F",
         help="learning rate from each milestone on, relative to --lr (default: 0.3 0.1 0.01)",
+    )
+    g.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ramp the learning rate up linearly over the first N steps (default: 0; a few "
+        "hundred when starting from trained weights, e.g. with --from-baseline)",
     )
     g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0 = off")
     g.add_argument("--amp", choices=("off", "bf16"), default="off", help="bf16 autocast")
@@ -132,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         val_dataset=args.val_dataset,
         output=args.output,
         steps=args.steps,
+        stop_at=args.stop_at,
         patch_size=args.patch_size,
         batch_size=args.batch_size,
         lmbda=args.lmbda,
@@ -140,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         decay_lr=args.decay_lr,
         lr_milestones=args.lr_milestones,
         lr_factors=args.lr_factors,
+        warmup_steps=args.warmup_steps,
         clip_grad=args.clip_grad,
         device=args.device,
         amp=args.amp,

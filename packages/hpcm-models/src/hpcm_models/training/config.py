@@ -26,10 +26,14 @@ HPCM_LR_SCHEDULE: tuple[tuple[float, float], ...] = (
 class LRSchedule:
     """Piecewise-constant learning-rate factors: ``factor(step)`` is 1 before the first milestone
     and ``factors[i]`` from ``milestones[i]`` on (absolute optimizer steps, non-decreasing; of
-    equal milestones the last factor wins)."""
+    equal milestones the last factor wins). With ``warmup`` > 0 the factor also ramps up linearly
+    over the first ``warmup`` steps (``(step + 1) / warmup``): Adam's first updates move every
+    weight by about the learning rate whatever its gradient, which undoes much of a trained
+    model's work when fine-tuning starts from it."""
 
     milestones: list[int]
     factors: list[float]
+    warmup: int = 0
 
     def __post_init__(self) -> None:
         if len(self.milestones) != len(self.factors):
@@ -38,6 +42,8 @@ class LRSchedule:
             )
         if any(b < a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
             raise ValueError(f"expected non-decreasing milestones, got {self.milestones}")
+        if self.warmup < 0:
+            raise ValueError(f"expected warmup >= 0 steps, got {self.warmup}")
 
     @classmethod
     def hpcm(cls, steps: int) -> LRSchedule:
@@ -52,6 +58,8 @@ class LRSchedule:
         for milestone, value in zip(self.milestones, self.factors, strict=True):
             if step >= milestone:
                 factor = value
+        if step < self.warmup:
+            factor *= (step + 1) / self.warmup
         return factor
 
 
@@ -64,10 +72,15 @@ class TrainConfig:
         dataset: training image folder (searched recursively).
         output: run directory: ``latest.pt``, ``best.pt``, ``train_log.csv``, ``val_log.csv``,
             ``tensorboard/``, ``config.json``.
-        steps: total optimizer steps of the run.
+        steps: total optimizer steps of the run (the learning-rate schedule spans them).
+        stop_at: end this invocation at this step instead of ``steps`` (it validates, saves and
+            logs there as at the end; ``--resume`` continues the same schedule later). ``None``:
+            run to ``steps``.
         model_kwargs: constructor kwargs, JSON form (see :func:`model_kwargs_from_json`).
         lr_milestones: absolute steps of the learning-rate drops; ``None``: HPCM's schedule
             stretched over ``steps`` (:meth:`LRSchedule.hpcm`). ``lr_factors`` go with them.
+        warmup_steps: linear learning-rate warm-up over the first steps (:class:`LRSchedule`);
+            0 = none (training from scratch), a few hundred when fine-tuning trained weights.
         decay_lr: learning rate of the RWKV decay/boost parameters; ``None``: ``lr / 10``.
         clip_grad: maximum gradient norm; 0 disables clipping (the norm is still logged).
         amp: ``"off"`` or ``"bf16"`` (autocast of the forward pass; the loss is float32).
@@ -88,6 +101,7 @@ class TrainConfig:
     dataset: Path
     output: Path
     steps: int
+    stop_at: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     patch_size: int = 256
     batch_size: int = 8
@@ -97,6 +111,7 @@ class TrainConfig:
     decay_lr: float | None = None
     lr_milestones: list[int] | None = None
     lr_factors: list[float] = field(default_factory=lambda: [f for _, f in HPCM_LR_SCHEDULE])
+    warmup_steps: int = 0
     clip_grad: float = 1.0
     device: str = "auto"
     amp: str = "off"
@@ -114,12 +129,21 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
 
+    @property
+    def end_step(self) -> int:
+        """The step this invocation ends at: ``steps``, or ``stop_at`` if earlier."""
+        return self.steps if self.stop_at is None else min(self.steps, self.stop_at)
+
     def validate(self) -> None:
         """Raise :class:`HPCMError`-derived or ``ValueError`` errors for inconsistent settings."""
         for name in ("steps", "batch_size", "val_every", "save_every", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
+        if self.stop_at is not None and (
+            isinstance(self.stop_at, bool) or not isinstance(self.stop_at, int) or self.stop_at < 1
+        ):
+            raise ValueError(f"expected stop_at to be an int >= 1, got {self.stop_at!r}")
         multiple = HPCM.INPUT_MULTIPLE
         if self.patch_size < multiple or self.patch_size % multiple:
             raise ValueError(
@@ -135,6 +159,12 @@ class TrainConfig:
             raise ValueError(f"expected amp 'off' or 'bf16', got {self.amp!r}")
         if self.num_workers < 0:
             raise ValueError(f"expected num_workers >= 0, got {self.num_workers}")
+        if (
+            isinstance(self.warmup_steps, bool)
+            or not isinstance(self.warmup_steps, int)
+            or (self.warmup_steps < 0)
+        ):
+            raise ValueError(f"expected warmup_steps to be an int >= 0, got {self.warmup_steps!r}")
         if self.lr_milestones is not None and len(self.lr_milestones) != len(self.lr_factors):
             raise ValueError(
                 f"expected one --lr-factors value per --lr-milestones value, got "

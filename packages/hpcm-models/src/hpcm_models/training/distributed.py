@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from ..devices import resolve_device
 
-__all__ = ["Dist", "init_distributed", "reduce_mean", "reduce_sum"]
+__all__ = ["Dist", "init_distributed", "launched_processes", "reduce_mean", "reduce_sum"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,15 @@ class Dist:
         return self.rank == 0
 
 
+def launched_processes() -> int:
+    """How many processes ``torchrun`` started for this run (``WORLD_SIZE``; 1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device_flag: str) -> tuple[Dist, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment, if any; the device
     of this process (``--device``; under torchrun each rank takes its ``LOCAL_RANK`` GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     want_cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
     if device_flag.startswith("cuda:") and world > 1:
         raise ValueError("under torchrun pass --device cuda (each rank takes its LOCAL_RANK GPU)")

@@ -17,7 +17,12 @@ checks it).
 
 Several GPUs: launch with ``torchrun --nproc-per-node N -m hpcm_models.cli train ...``
 (DistributedDataParallel; NCCL on CUDA, Gloo on CPU; :mod:`.distributed`). Rank 0 logs
-(:mod:`.logs`) and writes checkpoints (:mod:`hpcm_models.checkpoints`, :mod:`.state`).
+(:mod:`.logs`) and writes checkpoints (:mod:`hpcm_models.checkpoints`, :mod:`.state`). N
+processes with ``--batch-size B`` train on the samples, crops and flips that one process with
+``--batch-size N·B`` would (:class:`~hpcm_models.datasets.StepSampler`), and DDP averages the
+gradients as that process's mean would; only the quantization noise differs (each rank draws its
+own), so without noise the two step alike to float rounding (``tests/cli/test_train_ddp.py``).
+``--cuda-graphs`` is single-process: refused under torchrun before any device is used.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from ..image_io import image_size, pad_to_multiple, read_image, to_tensor
 from ..losses import MS_SSIM_MIN_SIDE, RateDistortionLoss
 from ..phases import from_baseline
 from .config import LRSchedule, TrainConfig
-from .distributed import Dist, init_distributed, reduce_mean, reduce_sum
+from .distributed import Dist, init_distributed, launched_processes, reduce_mean, reduce_sum
 from .logs import TrainLogs, describe_settings, log
 from .state import checkpoint_step, restore_optimizer, set_rng_state, training_checkpoint
 
@@ -109,6 +114,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         HPCMError: if ``output`` already holds a run and ``resume`` is not set.
     """
     cfg.validate()
+    if cfg.cuda_graphs and launched_processes() > 1:
+        # Refused before joining the process group or touching a device.
+        raise HPCMError(
+            f"--cuda-graphs runs in a single process (one GPU), but torchrun started "
+            f"{launched_processes()}: drop --cuda-graphs for multi-process runs "
+            "(DistributedDataParallel's gradient all-reduce is not captured in the step's graph)"
+        )
     d, device = init_distributed(cfg.device)
     try:
         return _train(cfg, d, device)
@@ -122,7 +134,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict[str, Any]:
     from tqdm import tqdm
 
     bar = tqdm(
-        total=cfg.steps,
+        total=cfg.end_step,
         initial=run.step,
         disable=not (d.main and cfg.progress),
         desc="train",
@@ -132,10 +144,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict[str, Any]:
     batches = iter(run.loader)
     run.started = time.perf_counter()
     try:
-        while run.step < cfg.steps:
+        while run.step < cfg.end_step:
             values, grad_norm, lr = _train_step(run, next(batches))
             bar.update(1)
-            if d.main and (run.step % cfg.log_every == 0 or run.step == cfg.steps):
+            if d.main and (run.step % cfg.log_every == 0 or run.step == cfg.end_step):
                 _log_step(run, values, grad_norm, lr)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", bpp=f"{values['bpp']:.4f}",
                                 psnr=f"{values['psnr']:.2f}")  # fmt: skip
@@ -217,7 +229,7 @@ def _initial_model(
 
 
 def _optimizer(
-    cfg: TrainConfig, model: HPCM, device: torch.device, d: Dist
+    cfg: TrainConfig, model: HPCM, device: torch.device
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, LRSchedule]:
     """Adam over the model's parameter groups, and the learning-rate schedule."""
     from rwkv_blocks import rwkv_param_groups
@@ -225,10 +237,6 @@ def _optimizer(
     if cfg.cuda_graphs:
         if device.type != "cuda":
             raise HPCMError(f"--cuda-graphs needs a CUDA device, got {device}")
-        if d.enabled:
-            raise HPCMError(
-                "--cuda-graphs runs in a single process; drop it for multi-process (torchrun) runs"
-            )
         model.to(memory_format=torch.channels_last)
     decay_lr = cfg.decay_lr if cfg.decay_lr is not None else cfg.lr / 10
     groups = rwkv_param_groups(model, lr=cfg.lr, decay_lr=decay_lr)
@@ -239,10 +247,10 @@ def _optimizer(
     else:
         optimizer = torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.lr_milestones is None:
-        schedule = LRSchedule.hpcm(cfg.steps)
-        schedule.factors = list(cfg.lr_factors)
+        milestones = LRSchedule.hpcm(cfg.steps).milestones
     else:
-        schedule = LRSchedule(list(cfg.lr_milestones), list(cfg.lr_factors))
+        milestones = list(cfg.lr_milestones)
+    schedule = LRSchedule(milestones, list(cfg.lr_factors), warmup=cfg.warmup_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule
 
 
@@ -309,7 +317,7 @@ def _set_up(cfg: TrainConfig, d: Dist, device: torch.device) -> _Run:
     model.to(device).train()
     # Training never codes: the rANS tables are rebuilt by update() before compressing.
     model.entropy_estimation.clear_tables()
-    optimizer, scheduler, schedule = _optimizer(cfg, model, device, d)
+    optimizer, scheduler, schedule = _optimizer(cfg, model, device)
     start = int(ckpt["step"]) if ckpt is not None else 0
     run = _Run(
         cfg, d, device, model_name, model_kwargs, seed, model, model, optimizer, scheduler,
@@ -418,7 +426,7 @@ def _log_step(run: _Run, values: Mapping[str, float], grad_norm: Any, lr: float)
 def _validate_and_log(run: _Run) -> bool:
     """Validate when it is time to; whether the model is the best so far."""
     cfg = run.cfg
-    if not run.val_files or not (run.step % cfg.val_every == 0 or run.step == cfg.steps):
+    if not run.val_files or not (run.step % cfg.val_every == 0 or run.step == cfg.end_step):
         return False
     val = _validate(run.model, run.criterion, run.val_files, run.device, run.d, cfg.amp == "bf16")
     is_best = math.isfinite(val["loss"]) and val["loss"] < run.best_loss
@@ -489,7 +497,7 @@ def _save(run: _Run, is_best: bool) -> None:
     """Rank 0 writes ``latest.pt`` every ``save_every`` steps and at the end, ``best.pt`` when
     validation improved."""
     cfg = run.cfg
-    due = run.step % cfg.save_every == 0 or run.step == cfg.steps
+    due = run.step % cfg.save_every == 0 or run.step == cfg.end_step
     if not run.d.main or not (is_best or due):
         return
     state = _checkpoint(run)
