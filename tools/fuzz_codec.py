@@ -1,10 +1,11 @@
 """Run the fuzz targets of ``tests/models/test_fuzz.py`` for hours (CI runs a few cases only).
 
-Both targets alternate in rounds of ``--round`` fresh random cases (Hypothesis, not derandomized,
-no example database): the decoder on mutated golden ``.hpcm`` files, the image reader on mutated
-image files. A failing case is shrunk by Hypothesis and written to ``--out`` (its exception,
-traceback and falsifying example), and the run goes on. Prints the cases run and what they raised
-every ``--report`` seconds and at the end, with the process's peak memory; ``--json`` keeps it.
+The targets alternate in rounds of ``--round`` fresh random cases (Hypothesis, not derandomized, no
+example database): the decoder on mutated golden ``.hpcm`` files, the rANS decoder on random tables
+and streams (against its reference), the image reader on mutated image files. A failing case is
+shrunk by Hypothesis and written to ``--out`` (its exception, traceback and falsifying example), and
+the run goes on. Prints the cases run and what they raised every ``--report`` seconds and at the
+end, with the process's peak memory; ``--json`` keeps it.
 
     nice -n 19 uv run python tools/fuzz_codec.py --hours 1 --json fuzz.json
     nice -n 19 uv run python tools/fuzz_codec.py --seconds 60      # a short look
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="hpcm-fuzz-")) / "image"
     targets = {
         "decoder": (fuzz.mutated_files(), lambda case: fuzz.check_decoder(*case)),
+        "ans": (fuzz.ans_cases(), lambda case: fuzz.check_ans(*case)),
         "image": (
             st.tuples(st.sampled_from(sorted(fuzz.IMAGES)), fuzz.byte_ops),
             lambda case: fuzz.check_image_reader(

@@ -25,7 +25,7 @@ from PIL import Image
 from shipped import make_weights_dir
 
 from hpcm_models import HPCM_MICRO
-from hpcm_models.checkpoints import model_kwargs_to_json, random_model
+from hpcm_models.checkpoints import TABLES_KEY, model_kwargs_to_json, random_model
 from hpcm_models.cli import main
 from hpcm_models.container import FORMAT_VERSION, MAGIC, Limits, read_container
 from hpcm_models.errors import ImageError
@@ -281,6 +281,28 @@ def test_3_reads_are_bounded_whatever_the_reported_size(capsys, work, tmp_path) 
     assert listing(tmp_path) == {"fifo", "long.hpcm"}
 
 
+def test_3_the_table_of_shipped_weights_is_read_bounded(
+    capsys, work, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    # A FIFO: refused unread (a reader that opened it would get a valid, empty table and fail
+    # below for the wrong reason instead of hanging).
+    os.mkfifo(tmp_path / "index.json")
+    feed_fifo(
+        tmp_path / "index.json", b'{"format": "hpcm-weights-index", "version": 1, "weights": []}'
+    )
+    out = tmp_path / "o.hpcm"
+    fragment = "index.json' is a FIFO (named pipe), not a regular file"
+    refused(capsys, fragment, "compress", work / "rgb.png", out)
+    os.unlink(tmp_path / "index.json")
+    with open(tmp_path / "index.json", "wb") as f:  # 2 MiB of JSON whitespace
+        f.write(b'{"format": "hpcm-weights-index", "version": 1, "weights": []' + b" " * (2 << 20))
+    refused(capsys, "the limit is 1048576 bytes", "compress", work / "rgb.png", out)
+    (tmp_path / "index.json").write_bytes(b"\xff\xfe not UTF-8")
+    refused(capsys, "cannot read", "decompress", work / "ok.hpcm", tmp_path / "o.png")
+    assert listing(tmp_path) == {"index.json"}
+
+
 # ---------------------------------------------------------------- 4. memory bounded by the limits
 
 
@@ -375,12 +397,46 @@ def test_4_image_bombs_are_refused_from_their_header(capsys, work, tmp_path) -> 
 # ---------------------------------------------------------------- 5. checkpoint contents
 
 
-def _checkpoint_cases(state: dict) -> dict[str, tuple[object, str]]:
+def _table_cases(state: dict, tables: dict) -> dict[str, tuple[object, str]]:
+    """Weights files carry their rANS tables (``coding_tables``): malformed or oversized ones."""
+
+    def carried(**changes) -> dict:
+        return {
+            "model": state,
+            "model_name": "hpcm-base",
+            "model_kwargs": MICRO,
+            TABLES_KEY: {**tables, **changes},
+        }
+
+    # 4000 scales whose y rows are short but one: unpacked to [4000, 65537], 1 GiB of int32.
+    lengths = torch.full((4000,), 4, dtype=torch.int32)
+    lengths[0] = 65537
+    wide = {
+        "scale_table": torch.linspace(0.1, 64, 4000),
+        "cdf_length_y": lengths,
+        "offset_y": -torch.div(lengths - 3, 2, rounding_mode="floor"),
+        "quantized_cdf_y": torch.zeros(int(lengths.sum()), dtype=torch.int32),
+    }
+    return {
+        "tables list": ({**carried(), TABLES_KEY: [1, 2]}, "expected the coding tables"),
+        "tables meta": (
+            carried(scale_table=torch.empty(60, device="meta")),
+            "as dense tensors",
+        ),
+        "tables million scales": (
+            carried(scale_table=torch.linspace(0.1, 64, 1_000_000)),
+            "the file's scale table has 1000000 entries; expected 1..4096",
+        ),
+        "tables wide rows": (carried(**wide), "exceed the limits (4096 rows, 4194304 entries)"),
+    }
+
+
+def _checkpoint_cases(state: dict, tables: dict) -> dict[str, tuple[object, str]]:
     def train(**changes) -> dict:
         return {"model": state, "model_name": "hpcm-base", "model_kwargs": MICRO, **changes}
 
     config = MICRO["config"]
-    return {
+    return _table_cases(state, tables) | {
         "kwargs list": (train(model_kwargs=[1, 2]), "model kwargs must be a dict"),
         "kwargs str": (train(model_kwargs="M=16"), "model kwargs must be a dict"),
         "config str": (train(model_kwargs={**MICRO, "config": "big"}), "'config' must be a dict"),
@@ -433,7 +489,8 @@ def _checkpoint_cases(state: dict) -> dict[str, tuple[object, str]]:
 
 def test_5_bad_checkpoint_contents_are_one_line_errors(capsys, work, tmp_path) -> None:
     state = torch.load(work / "a.pt", weights_only=True)["model"]
-    for name, (obj, fragment) in _checkpoint_cases(state).items():
+    tables = random_model("hpcm-base", seed=0, **MICRO).entropy_estimation.packed_tables()
+    for name, (obj, fragment) in _checkpoint_cases(state, tables).items():
         path = tmp_path / "bad.pt"
         torch.save(obj, path)
         err = refused(

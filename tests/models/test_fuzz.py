@@ -7,6 +7,11 @@ swapped between files, and raw damage without any fix. Whatever it gets, it must
 :class:`~hpcm_models.errors.BitstreamError` or return an image of the size and mode its header
 states (a mutation can leave the symbols intact), within the limits: nothing else, no hang.
 
+The rANS decoder (:mod:`hpcm_models.ans`) gets random escape-free tables with valid streams
+mutated, or random bytes, decoded in two chunks as the codec does: it must agree with the
+plain-Python reference (:func:`~hpcm_models.ans_reference.decode_reference`) on every case, the
+same symbols or the same typed :class:`~hpcm_models.errors.BitstreamError`.
+
 The image reader gets small PNG, GIF, BMP, TIFF, WebP, JPEG and PPM files with bytes flipped,
 overwritten, inserted or cut: it must raise :class:`~hpcm_models.errors.ImageError` or return an
 image within the limits that :func:`~hpcm_models.image_io.image_planes` accepts or refuses with
@@ -34,6 +39,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from hpcm_models import ans
+from hpcm_models.ans_reference import decode_reference
 from hpcm_models.codec import ImageCodec
 from hpcm_models.container import Limits, read_container
 from hpcm_models.errors import BitstreamError, ImageError
@@ -118,15 +125,12 @@ def _with_streams(data: bytes, streams: list[bytes]) -> bytes:
     return bytes(head) + b"".join(streams)
 
 
-byte_ops = st.lists(
-    st.tuples(
-        st.sampled_from(["flip", "set", "insert", "cut"]),
-        st.integers(0, 1 << 16),
-        st.binary(min_size=1, max_size=8),
-    ),
-    min_size=1,
-    max_size=4,
+byte_op = st.tuples(
+    st.sampled_from(["flip", "set", "insert", "cut"]),
+    st.integers(0, 1 << 16),
+    st.binary(min_size=1, max_size=8),
 )
+byte_ops = st.lists(byte_op, min_size=1, max_size=4)
 interesting = (
     st.sampled_from(
         [0, 1, 2, 7, 8, 15, 16, 63, 64, 127, 128, 255, 256, 4095, 4096, 65535, 65536, 1 << 24]
@@ -199,6 +203,65 @@ def check_decoder(index: int, data: bytes, kind: str) -> None:
 @given(mutated_files())
 def test_decoder_survives_mutated_headers_and_streams(case) -> None:
     check_decoder(*case)
+
+
+@st.composite
+def ans_cases(draw) -> tuple[ans.AnsTables, np.ndarray, bytes, int, str]:
+    """``(tables, table indexes, stream, where the decoding is split, case kind)``: 1-4 rows of
+    2-64 symbols with random frequencies and offsets; a valid stream of random symbols, mutated
+    (or not), or random bytes."""
+    total = 1 << ans.PRECISION
+    rows = []
+    for _ in range(draw(st.integers(1, 4))):
+        cuts = draw(st.lists(st.integers(1, total - 1), min_size=3, max_size=65, unique=True))
+        rows.append([0, *sorted(cuts), total])
+    cdf = np.full((len(rows), max(map(len, rows))), total, dtype=np.int64)
+    for r, row in enumerate(rows):
+        cdf[r, : len(row)] = row
+    offsets = draw(st.lists(st.integers(-100, 100), min_size=len(rows), max_size=len(rows)))
+    tables = ans.AnsTables.from_cdfs(cdf, [len(row) for row in rows], offsets, name="fuzz")
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(0, 300))
+    indexes = rng.integers(0, tables.rows, n).astype(np.int32)
+    if draw(st.booleans()):
+        symbols = (rng.random(n) * tables.counts[indexes]).astype(np.int32)
+        ops = draw(st.lists(byte_op, max_size=3))
+        data = _edit(ans.encode(symbols + tables.offsets[indexes], indexes, tables), ops)
+        kind = "mutated stream" if ops else "valid stream"
+    else:
+        data, kind = draw(st.binary(max_size=4 * n + 16)), "random bytes"
+    return tables, indexes, data, draw(st.integers(0, n)), kind
+
+
+def _decode_in_two(data: bytes, indexes: np.ndarray, tables: ans.AnsTables, cut: int):
+    decoder = ans.AnsDecoder(data, tables)
+    first = decoder.decode(indexes[:cut]).copy()
+    rest = decoder.decode(indexes[cut:])
+    decoder.finish()
+    return np.concatenate([first, rest])
+
+
+def check_ans(tables: ans.AnsTables, indexes: np.ndarray, data: bytes, cut: int, kind: str) -> None:
+    """The property of the rANS target (also called by ``tools/fuzz_codec.py``)."""
+    try:
+        expected: np.ndarray | type[BitstreamError] = decode_reference(data, indexes, tables)
+    except BitstreamError as err:
+        expected = type(err)
+    if not isinstance(expected, np.ndarray):
+        with pytest.raises(expected):
+            _decode_in_two(data, indexes, tables, cut)
+        STATS[f"ans {kind}: {expected.__name__}"] += 1
+        return
+    decoded = _decode_in_two(data, indexes, tables, cut)
+    assert np.array_equal(decoded, expected)
+    assert ((decoded >= tables.low[indexes]) & (decoded <= tables.high[indexes])).all()
+    STATS[f"ans {kind}: decoded"] += 1
+
+
+@settings(max_examples=4 * EXAMPLES, deadline=None)
+@given(ans_cases())
+def test_ans_decoder_agrees_with_its_reference_on_any_stream(case) -> None:
+    check_ans(*case)
 
 
 def _sample_images() -> dict[str, bytes]:

@@ -413,7 +413,8 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: unreadable file, unknown or mismatching model, missing/unexpected keys
-            (named), wrong shapes, contents of the wrong type or out of range.
+            (named), wrong shapes, contents of the wrong type or out of range, malformed or
+            oversized coding tables.
     """
     path_str = str(path)
     if tables not in _TABLE_SOURCES:
@@ -441,7 +442,12 @@ def load_checkpoint(
         try:
             model.entropy_estimation.load_packed_tables(carried, channels=model.N)
         except CheckpointError as err:
-            raise CheckpointError(f"checkpoint {path_str!r}: {err}") from None
+            raise CheckpointError(f"checkpoint {path_str!r}: {_one_line(err)}") from None
+        except Exception as err:  # tensors from a file may be of any dtype or shape
+            raise CheckpointError(
+                f"checkpoint {path_str!r} has malformed coding tables ({TABLES_KEY!r}): "
+                f"{_one_line(err)}"
+            ) from None
         return model.to(resolve_device(device))
     scale_table = model.scale_table if model.scale_table.numel() else None
     try:

@@ -445,18 +445,19 @@ class GeneralizedGaussian(nn.Module):
             CheckpointError: names what is missing or malformed; nothing is installed then.
         """
         names = set(tables) if isinstance(tables, Mapping) else set()
-        if names != set(CODING_BUFFERS) or not all(
-            isinstance(v, torch.Tensor) for v in tables.values()
-        ):
+        if names != set(CODING_BUFFERS) or not all(_is_dense(v) for v in tables.values()):
             raise CheckpointError(
-                f"expected the coding tables {', '.join(CODING_BUFFERS)} as tensors, got "
-                f"{sorted(names) if names else type(tables).__name__}"
+                f"expected the coding tables {', '.join(CODING_BUFFERS)} as dense tensors, got "
+                f"{sorted(map(str, names))[:10] if names else type(tables).__name__}"
             )
         scales = tables["scale_table"].detach().to("cpu")
+        if not 1 <= scales.numel() <= MAX_TABLE_ROWS:
+            raise CheckpointError(
+                f"the file's scale table has {scales.numel()} entries; expected 1..{MAX_TABLE_ROWS}"
+            )
         if not (
             scales.is_floating_point()
             and scales.dim() == 1
-            and scales.numel() >= 1
             and bool(torch.isfinite(scales).all())
             and bool((scales > 0).all())
             and bool((scales.diff() > 0).all())
@@ -479,6 +480,16 @@ class GeneralizedGaussian(nn.Module):
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.item()):g}"
+
+
+def _is_dense(value: Any) -> bool:
+    """A tensor with ordinary storage (not sparse, quantized or on the meta device)."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.layout == torch.strided
+        and not value.is_meta
+        and not value.is_quantized
+    )
 
 
 class _Tables:
@@ -514,6 +525,12 @@ def _unpack_rows(
     # A 16-bit CDF has at most 2^16 symbols (each needs a frequency >= 1): 2^16 + 1 entries.
     if bool((lengths < 4).any()) or bool((lengths > _RANS_TOTAL + 1).any()):
         raise CheckpointError(f"the {latent} table has rows shorter than 4 or longer than 2^16+1")
+    # The rows are unpacked into [rows, longest]: bounded like the tables update() builds.
+    if rows > MAX_TABLE_ROWS or rows * int(lengths.max()) > MAX_TABLE_ENTRIES:
+        raise CheckpointError(
+            f"the {latent} tables of {rows} rows up to {int(lengths.max())} entries exceed the "
+            f"limits ({MAX_TABLE_ROWS} rows, {MAX_TABLE_ENTRIES} entries)"
+        )
     if int(lengths.sum()) != flat.numel():
         raise CheckpointError(
             f"quantized_cdf_{latent} holds {flat.numel()} entries, its rows need "

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,15 +55,16 @@ from .checkpoints import (
     unwrap_checkpoint,
 )
 from .entropy import CODING_BUFFERS
-from .errors import CheckpointError, PretrainedWeightsError, WeightsIntegrityError
+from .errors import CheckpointError, HPCMError, PretrainedWeightsError, WeightsIntegrityError
+from .files import file_kind, read_file, write_atomic
 from .hashes import weights_hash
 from .hpcm.model import HPCM
-from .image_io import write_atomic
 
 __all__ = [
     "DEFAULT_MODEL",
     "FP32_MAX_NUMEL",
     "INDEX_NAME",
+    "MAX_INDEX_BYTES",
     "MAX_SHIPPED_BYTES",
     "WEIGHTS_ENV",
     "WEIGHTS_FORMAT",
@@ -95,6 +97,9 @@ WEIGHTS_FORMAT = "hpcm-weights"
 WEIGHTS_VERSION = 1
 #: The most the package's weights may take together (the wheel must stay small).
 MAX_SHIPPED_BYTES = 20 * 2**20
+#: The largest ``index.json`` read (a few KiB in practice; ``$HPCM_WEIGHTS_DIR`` may point
+#: anywhere, so the read is bounded).
+MAX_INDEX_BYTES = 1 << 20
 
 _INDEX_FORMAT = "hpcm-weights-index"
 # Training settings copied into an index entry's "trained" summary (the file has all of them).
@@ -142,7 +147,7 @@ class ShippedWeights:
         """
         names = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(raw, Mapping) or set(raw) != set(names):
-            got = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
+            got = sorted(map(str, raw))[:12] if isinstance(raw, Mapping) else type(raw).__name__
             raise WeightsIntegrityError(f"{where}: expected the fields {names}, got {got}")
         checks = {
             "model": isinstance(raw["model"], str) and raw["model"] != "",
@@ -156,7 +161,7 @@ class ShippedWeights:
             "weights_hash": _is_hex(raw["weights_hash"], 32),
             "trained": isinstance(raw["trained"], Mapping),
         }
-        bad = [f"{k}={raw[k]!r}" for k, ok in checks.items() if not ok]
+        bad = [f"{k}={repr(raw[k])[:60]}" for k, ok in checks.items() if not ok]
         if bad:
             raise WeightsIntegrityError(f"{where}: bad field(s) {', '.join(bad)}")
         return cls(**{**raw, "lmbda": float(raw["lmbda"]), "trained": dict(raw["trained"])})
@@ -195,13 +200,21 @@ def read_index(directory: str | os.PathLike[str] | None = None) -> tuple[Shipped
     """
     path = Path(directory if directory is not None else weights_dir()) / INDEX_NAME
     try:
-        document = json.loads(path.read_text())
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise WeightsIntegrityError(
             f"no table of shipped weights at {str(path)!r}"
             + (f" (${WEIGHTS_ENV} is set)" if os.environ.get(WEIGHTS_ENV) else "")
         ) from None
-    except (OSError, ValueError) as err:
+    except OSError as err:
+        raise WeightsIntegrityError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block the read, a device never end it
+        raise WeightsIntegrityError(f"{str(path)!r} is {file_kind(mode)}, not a regular file")
+    try:
+        document = json.loads(read_file(path, MAX_INDEX_BYTES).decode("utf-8"))
+    except HPCMError as err:  # FileAccessError, LimitExceededError
+        raise WeightsIntegrityError(f"cannot read the table of shipped weights: {err}") from None
+    except ValueError as err:  # not UTF-8 or not JSON
         raise WeightsIntegrityError(f"cannot read {str(path)!r}: {err}") from None
     if (
         not isinstance(document, Mapping)
@@ -310,11 +323,18 @@ def weights_path(entry: ShippedWeights) -> Path:
         WeightsIntegrityError: the file is missing, or its size or SHA-256 differ.
     """
     path = weights_dir() / entry.file
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except OSError:
         raise WeightsIntegrityError(
             f"the weights file of {entry.label} is missing: {str(path)!r} (reinstall hpcm-models)"
+        ) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightsIntegrityError(
+            f"the weights file of {entry.label}, {str(path)!r}, is {file_kind(st.st_mode)}, not a "
+            "regular file"
         )
-    size = path.stat().st_size
+    size = st.st_size
     if size != entry.bytes:
         raise WeightsIntegrityError(
             f"{str(path)!r} has {size} bytes, the table says {entry.bytes}: damaged or replaced"
