@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .devices import resolve_device
-from .entropy import CODING_BUFFERS
+from .entropy import CODING_BUFFERS, is_dense_tensor
 from .errors import CheckpointError, plain_text
 from .files import file_kind, write_atomic
 from .hpcm.config import HPCMConfig
@@ -198,14 +198,7 @@ def _describe(value: Any) -> str:
 
 def _is_weight(value: Any) -> bool:
     """A dense tensor of real numbers with storage: what a state dict of ours may hold."""
-    return (
-        isinstance(value, torch.Tensor)
-        and value.layout == torch.strided
-        and not value.is_meta
-        and not value.is_quantized
-        and not value.is_complex()
-        and value.dtype != torch.bool
-    )
+    return is_dense_tensor(value) and not value.is_complex() and value.dtype != torch.bool
 
 
 def check_model_kwargs(kwargs: Any, source: str) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "default_scale_table",
     "generalized_gaussian_cdf",
     "generalized_gaussian_cdf_reference",
+    "is_dense_tensor",
 ]
 
 #: The rANS tables of :class:`GeneralizedGaussian`, in the order and under the names that HPCM's
@@ -445,7 +446,7 @@ class GeneralizedGaussian(nn.Module):
             CheckpointError: names what is missing or malformed; nothing is installed then.
         """
         names = set(tables) if isinstance(tables, Mapping) else set()
-        if names != set(CODING_BUFFERS) or not all(_is_dense(v) for v in tables.values()):
+        if names != set(CODING_BUFFERS) or not all(is_dense_tensor(v) for v in tables.values()):
             raise CheckpointError(
                 f"expected the coding tables {', '.join(CODING_BUFFERS)} as dense tensors, got "
                 f"{sorted(map(str, names))[:10] if names else type(tables).__name__}"
@@ -482,8 +483,9 @@ class GeneralizedGaussian(nn.Module):
         return f"beta={float(self.beta.item()):g}"
 
 
-def _is_dense(value: Any) -> bool:
-    """A tensor with ordinary storage (not sparse, quantized or on the meta device)."""
+def is_dense_tensor(value: Any) -> bool:
+    """Whether ``value`` is a tensor with ordinary storage (not sparse, quantized or on the meta
+    device): what tables and weights read from a file must be."""
     return (
         isinstance(value, torch.Tensor)
         and value.layout == torch.strided
