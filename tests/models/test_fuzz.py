@@ -209,7 +209,7 @@ def test_decoder_survives_mutated_headers_and_streams(case) -> None:
 def ans_cases(draw) -> tuple[ans.AnsTables, np.ndarray, bytes, int, str]:
     """``(tables, table indexes, stream, where the decoding is split, case kind)``: 1-4 rows of
     2-64 symbols with random frequencies and offsets; a valid stream of random symbols, mutated
-    (or not), or random bytes."""
+    (or not), random words after a valid first state, or random bytes."""
     total = 1 << ans.PRECISION
     rows = []
     for _ in range(draw(st.integers(1, 4))):
@@ -228,6 +228,10 @@ def ans_cases(draw) -> tuple[ans.AnsTables, np.ndarray, bytes, int, str]:
         ops = draw(st.lists(byte_op, max_size=3))
         data = _edit(ans.encode(symbols + tables.offsets[indexes], indexes, tables), ops)
         kind = "mutated stream" if ops else "valid stream"
+    elif draw(st.booleans()):  # past the first checks: a valid first state, whole words
+        state = draw(st.integers(ans.STATE_MIN, ans.STATE_END - 1)).to_bytes(8, "little")
+        body = draw(st.binary(max_size=4 * n + 8))
+        data, kind = state + body[: len(body) // 4 * 4], "random words"
     else:
         data, kind = draw(st.binary(max_size=4 * n + 16)), "random bytes"
     return tables, indexes, data, draw(st.integers(0, n)), kind
