@@ -2,16 +2,16 @@
 the memory bound of ``docs/format.md`` and the default ``Limits.max_pixels``.
 
 Each model runs in a process of its own (fresh allocator), with random weights (memory depends on
-the shapes, not on the values) at ``--M``/``--N``, on random-noise images of each ``--sizes``, in
-increasing order, after one untimed encode and decode of a 128x128 image (first-call costs: kernel
-caches, thread pools). On the CPU the peak is the growth of the resident set (``VmHWM``, reset
-through ``/proc/self/clear_refs`` before each call) over the resident set before it, the weights
-not counted; glibc is told to return freed memory (a fixed ``MALLOC_MMAP_THRESHOLD_`` in the
-child's environment, ``malloc_trim`` before each call), so that memory the previous call freed is
-not reused unseen. On CUDA it is ``torch.cuda.max_memory_allocated`` over the memory allocated
-before. Prints a table (bytes per coded pixel: the peak over the padded pixel count; the process's
-whole resident peak) and the weights' size, and with ``--json`` writes everything with the
-machine and versions.
+the shapes, not on the values) at ``--M``/``--N`` (default: the model's own), on random-noise images
+of each ``--sizes``, in increasing order, after one untimed encode and decode of a 128x128 image
+(first-call costs: kernel caches, thread pools). On the CPU the peak is the growth of the resident
+set (``VmHWM``, reset through ``/proc/self/clear_refs`` before each call) over the resident set
+before it, the weights not counted; glibc is told to return freed memory (a fixed
+``MALLOC_MMAP_THRESHOLD_`` in the child's environment, ``malloc_trim`` before each call), so that
+memory the previous call freed is not reused unseen. On CUDA it is
+``torch.cuda.max_memory_allocated`` over the memory allocated before. Prints a table (bytes per
+coded pixel: the peak over the padded pixel count; the process's whole resident peak) and the
+weights' size, and with ``--json`` writes everything with the machine and versions.
 
     python benchmarks/bench_codec_memory.py                       # every built-in model, CPU
     python benchmarks/bench_codec_memory.py --models hpcm-base --sizes 512x512 1024x1024 --M 512
@@ -82,7 +82,8 @@ def measure_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namesp
     """Rows of one model (run in this process)."""
     device = torch.device(args.device)
     torch.set_num_threads(1)
-    model = random_model(name, seed=0, device=device, M=args.M, N=args.N)
+    sizes_kwargs = {k: v for k, v in (("M", args.M), ("N", args.N)) if v is not None}
+    model = random_model(name, seed=0, device=device, **sizes_kwargs)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     codec = ImageCodec(model, cuda_graphs=False, limits=Limits(max_pixels=1 << 30))
     rng = np.random.default_rng(0)
@@ -100,7 +101,7 @@ def measure_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namesp
         decode, decode_peak = _peak(lambda d=data: codec.decode(bytes(d)), device)
         rows.append(
             {
-                "model": name, "M": args.M, "N": args.N, "width": width, "height": height,
+                "model": name, "M": model.M, "N": model.N, "width": width, "height": height,
                 "coded_pixels": coded, "file_bytes": len(data), "weights_bytes": weights,
                 "encode_bytes": encode, "decode_bytes": decode,
                 "encode_bytes_per_pixel": round(encode / coded, 1),
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(BUILTIN_MODELS))
     parser.add_argument("--sizes", nargs="+", default=["256x256", "512x512", "1024x1024"])
-    parser.add_argument("--M", type=int, default=320)
-    parser.add_argument("--N", type=int, default=256)
+    parser.add_argument("--M", type=int, help="latent channels (default: the model's own)")
+    parser.add_argument("--N", type=int, help="hyper-latent channels (default: the model's own)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process
@@ -131,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
     for name in args.models:
         child = [sys.executable, __file__, "--one", "--models", name, "--sizes", *args.sizes,
-                 "--M", str(args.M), "--N", str(args.N), "--device", args.device]  # fmt: skip
+                 "--device", args.device]  # fmt: skip
+        child += [
+            arg for k in ("M", "N") if getattr(args, k) for arg in (f"--{k}", str(getattr(args, k)))
+        ]
         out = subprocess.run(child, capture_output=True, text=True, check=True, env=env).stdout
         rows += json.loads(out.strip().splitlines()[-1])
     print(
