@@ -5,14 +5,13 @@ report and the docs' generated blocks regenerated from the committed summaries."
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tool_modules import load_tool
 
 from hpcm_models.evaluation import psnr
 from hpcm_models.losses import RateDistortionLoss
@@ -20,17 +19,7 @@ from hpcm_models.losses import RateDistortionLoss
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "study_report", ROOT / "tools" / "study_report.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("study_report")
 
 
 def test_rd_loss_is_the_training_objective_of_an_8bit_image() -> None:
@@ -367,5 +356,5 @@ def test_shipped_points_are_found_by_label_or_by_their_weights() -> None:
     # A file holding shipped weights is recognized by its weights hash, wherever it lies.
     weights = Path(pretrained.__file__).parent / "weights" / "hpcm-small-q3.pt"
     assert tool._shipped_entry(str(weights), ROOT, entries).quality == 3
-    with pytest.raises(SystemExit, match="no .*nothing.pt"):
+    with pytest.raises(SystemExit, match=r"no .*nothing\.pt"):
         tool._shipped_entry("nothing.pt", ROOT, entries)
