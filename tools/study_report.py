@@ -96,7 +96,9 @@ CALLS = {
     "gpu3": (
         "tools/plans/phase1_seeds.json",
         "python tools/train_codecs.py tools/plans/phase1_seeds.json --data data/photos "
-        "--output runs/seeds --steps 3750 --export weights/seeds --only <the runs above>",
+        "--output runs/seeds --steps 3750 --export weights/seeds --only hpcm-small-s2 "
+        "hpcm-phase1-small-s1 hpcm-phase1-small-s2 hpcm-phase1-lite-small-s1 "
+        "hpcm-phase1-lite-small-s2 hpcm-phase2-small-s1 hpcm-phase2-small-s2",
     ),
 }
 #: Training settings every run of the study must share (the seed is the only other difference).
@@ -228,6 +230,24 @@ def compare_seeds(test: Sequence[float], reference: Sequence[float]) -> dict[str
         out.update(t=t, df=df, p=float(2 * stats.t.sf(abs(t), df)))
     out["beyond"] = bool(out["p"] < ALPHA and not overlap)
     return out
+
+
+def paired_t(differences: Mapping[str, float]) -> dict[str, float] | None:
+    """The paired t-test of per-seed differences (their :func:`spread`): ``{"t", "df", "p"}``
+    (two-sided), or ``None`` for fewer than 2 pairs; ``t`` is infinite if all are equal."""
+    from scipy import stats
+
+    n, mean, std = differences["n"], differences["mean"], differences["std"]
+    if n < 2:
+        return None
+    if std == 0:
+        return {
+            "t": math.copysign(math.inf, mean) if mean else 0.0,
+            "df": n - 1,
+            "p": float(not mean),
+        }
+    t = mean / (std / math.sqrt(n))
+    return {"t": t, "df": n - 1, "p": float(2 * stats.t.sf(abs(t), n - 1))}
 
 
 def one_way_anova(groups: Mapping[str, Sequence[float]]) -> dict[str, float] | None:
@@ -598,11 +618,12 @@ class _Call:
         return _first([p / f"{name}.pt" for p in places], f"export of {name}")
 
     def logged_runs(self) -> list[str]:
-        """Every run of the call with a training log (they all shared the GPU)."""
+        """Every run of the call that logged training steps (they all shared the GPU; a run that
+        stopped before its first logged step, such as a failed start, took no part)."""
         return sorted(
             p.parent.name
             for p in self.logs.glob("*/train_log.csv")
-            if not p.parent.name.startswith("_")
+            if not p.parent.name.startswith("_") and _log_times(p)
         )
 
 
@@ -1001,9 +1022,10 @@ def noise_table(study: Mapping[str, Any]) -> str:
     train = same_batch_differences(study["runs"], reference)
     lines = [
         f"| model | Δ RD loss vs {_label(reference)} (means) | ± SE | Welch t (df) | p | seed "
-        "ranges overlap? | paired by seed (same batches): Δ RD loss | Δ bpp | Δ PSNR (dB) | "
+        "ranges overlap? | paired by seed (same batches): Δ RD loss | paired t, p | Δ bpp | "
+        "Δ PSNR (dB) | "
         f"Δ training loss, same batches (last {LAST_STEPS} steps) | beyond the seed noise? |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, entry in stats.items():
         if model == reference:
@@ -1018,10 +1040,13 @@ def noise_table(study: Mapping[str, Any]) -> str:
         else:
             t = f"{c['t']:+.2f}" + ("" if c["df"] is None else f" ({c['df']:.1f})")
         se = "—" if c["se"] is None else f"{c['se']:.4f}"
+        paired = entry["paired"]["rd_loss"]
+        test = None if paired is None else paired_t(paired)
+        pt = "—" if test is None else f"{test['t']:+.2f}, {_p(test['p'])}"
         lines.append(
             f"| {_label(model)} | {c['diff']:+.4f} | {se} | {t} | {_p(c['p'])} | "
             f"{'yes' if c['overlap'] else 'no'} | "
-            f"{_spread_cell(entry['paired']['rd_loss'], '.4f', signed=True)} | "
+            f"{_spread_cell(paired, '.4f', signed=True)} | {pt} | "
             f"{entry['compare']['bpp']['diff']:+.4f} | {entry['compare']['psnr']['diff']:+.3f} | "
             f"{_spread_cell(train[model], '.4f', signed=True)} | {verdict} |"
         )
@@ -1225,7 +1250,7 @@ def plot(study: Mapping[str, Any], shipped: Mapping[str, Any], path: Path) -> No
         for axis in (ax, zx, bx):
             axis.grid(alpha=0.3)
         ax.legend(fontsize="x-small", loc="lower right")
-        zx.legend(fontsize="x-small", loc="lower right")
+        zx.legend(fontsize="x-small", loc="best")
         bx.legend(fontsize="x-small", loc="upper right")
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)

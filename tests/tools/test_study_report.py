@@ -111,6 +111,19 @@ def test_compare_seeds_is_welchs_test_and_needs_disjoint_seeds() -> None:
         tool.compare_seeds([], [1.0])
 
 
+def test_paired_t() -> None:
+    # Differences −1, −2, −3: t = −2 / (1/√3); with 2 degrees of freedom the two-sided p has the
+    # closed form 1 − |t| / sqrt(t² + 2).
+    out = tool.paired_t(tool.spread([-1.0, -2.0, -3.0]))
+    t = -2 * math.sqrt(3)
+    assert out["t"] == pytest.approx(t)
+    assert out["df"] == 2
+    assert out["p"] == pytest.approx(1 - abs(t) / math.sqrt(t**2 + 2))
+    assert tool.paired_t(tool.spread([0.5])) is None
+    assert tool.paired_t(tool.spread([0.5, 0.5])) == {"t": math.inf, "df": 1, "p": 0.0}
+    assert tool.paired_t(tool.spread([0.0, 0.0]))["p"] == 1.0
+
+
 def test_one_way_anova_and_pooled_std() -> None:
     # Two groups: F is the square of the pooled two-sample t (here 3.674² = 13.5).
     a = tool.one_way_anova({"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0]})
@@ -302,6 +315,9 @@ def test_collect_study_takes_the_seeds_that_exist(tmp_path: Path, monkeypatch) -
     evals.mkdir(parents=True)
     trained = {"a-0": ("ma", 0, 30.0), "a-1": ("ma", 1, 31.0), "b-0": ("mb", 0, 32.0)}
     _fake_call(runs / "c1", evals, trained)
+    failed = runs / "c1" / "gpu" / "failed-start"  # another plan's run that logged no step
+    failed.mkdir()
+    (failed / "train_log.csv").write_text("step,loss,seconds\n")
     monkeypatch.setattr(
         tool,
         "STUDY_RUNS",
