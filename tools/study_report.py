@@ -96,7 +96,7 @@ CALLS = {
     "gpu3": (
         "tools/plans/phase1_seeds.json",
         "python tools/train_codecs.py tools/plans/phase1_seeds.json --data data/photos "
-        "--output runs/seeds --steps 3750 --export weights/seeds --only hpcm-small-s2 "
+        "--output runs/gpu --steps 3750 --export runs/gpu/weights --only hpcm-small-s2 "
         "hpcm-phase1-small-s1 hpcm-phase1-small-s2 hpcm-phase1-lite-small-s1 "
         "hpcm-phase1-lite-small-s2 hpcm-phase2-small-s1 hpcm-phase2-small-s2",
     ),
