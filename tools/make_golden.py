@@ -215,7 +215,7 @@ def png_bytes(image: Image.Image) -> bytes:
 #: one level. Even within 5e-4 levels (6x the measured error) of a half level lie only 13 of the
 #: 26130 samples of the largest golden file (0.05 %) and at most 5 of any smaller one, never more
 #: than 0.1 % of a file's samples or 3, whichever is more. One latent of ŷ off by one changes 199
-#: samples or more, by 5 levels or more (README.md).
+#: samples or more, some by 5 levels or more (tools/golden_roundoff.py measures all this).
 MAX_LEVELS = 1
 MAX_DIFFERING_FRACTION = 0.001
 MIN_DIFFERING = 3
