@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from shipped import LMBDAS, training_checkpoint
+from tool_modules import load_tool
 
 from hpcm_models import pretrained
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "ship_weights", ROOT / "tools" / "ship_weights.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("ship_weights")
 
 
 def test_ships_checkpoints_into_a_folder(
