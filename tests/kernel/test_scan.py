@@ -247,10 +247,15 @@ W_CHOICES = st.sampled_from(["1/T", "0", "0.2", "-0.2", "3"])
 )
 # Found by CI: a saturated softmax makes gk pure cancellation noise (~1e-17 in both).
 @example(B=1, T=2, C=1, w_kind="0", k_scale=20.0, seed=0)
+# Found by a local run: the same for gw (reference max 1.9e-15, difference 1.4e-15).
+@example(B=1, T=5, C=1, w_kind="1/T", k_scale=20.0, seed=32299)
 def test_random_shapes_match_reference(
     B: int, T: int, C: int, w_kind: str, k_scale: float, seed: int
 ) -> None:
     w = None if w_kind == "1/T" else float(w_kind)
     inputs = make_inputs(B, T, C, w=w, k_scale=k_scale, seed=seed)
     expected = value_and_grads(naive_biwkv4, inputs, F64)
-    assert_close(value_and_grads(biwkv4, inputs, F64), expected, 1e-9, names=NAMES)
+    # A gradient whose reference is below 1e-4 (the inputs are of scale 1 to 40) is cancellation
+    # noise; it is measured against 1e-4, i.e. an absolute 1e-13: a few float64 ulps of the data.
+    actual = value_and_grads(biwkv4, inputs, F64)
+    assert_close(actual, expected, 1e-9, floor=1e-4, names=NAMES)
