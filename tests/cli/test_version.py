@@ -1,4 +1,4 @@
-"""`hpcm --version` reports the three packages, torch and the CUDA op."""
+"""`hpcm --version` reports the three packages, torch, the CUDA op and the Triton kernels."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def test_version_lists_every_package(capsys: pytest.CaptureFixture[str]) -> None
     assert f"rwkv-blocks {rwkv_blocks.__version__}" in out
     assert f"biwkv4-kernel {biwkv4_kernel.__version__}" in out
     assert f"torch {torch.__version__}" in out
-    assert "CUDA op:" in out
+    cuda = "available" if biwkv4_kernel.cuda_kernel_available() else "not available"
+    triton = "available" if biwkv4_kernel.triton_kernel_available() else "not available"
+    assert f"(CUDA op: {cuda}; Triton kernels: {triton})" in out
 
 
 def test_console_script_runs() -> None:

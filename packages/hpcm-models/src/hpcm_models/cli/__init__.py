@@ -40,12 +40,17 @@ def _version_report() -> str:
     import hpcm_models
     import rwkv_blocks
 
-    cuda = "available" if biwkv4_kernel.cuda_kernel_available() else "not available"
+    def state(available: bool) -> str:
+        return "available" if available else "not available"
+
+    cuda = state(biwkv4_kernel.cuda_kernel_available())
+    triton = state(biwkv4_kernel.triton_kernel_available())
+    kernels = f"CUDA op: {cuda}; Triton kernels: {triton}"
     return "\n".join(
         [
             f"hpcm-models {hpcm_models.__version__}",
             f"rwkv-blocks {rwkv_blocks.__version__}",
-            f"biwkv4-kernel {biwkv4_kernel.__version__} (CUDA op: {cuda})",
+            f"biwkv4-kernel {biwkv4_kernel.__version__} ({kernels})",
             f"torch {torch.__version__}",
         ]
     )
