@@ -25,12 +25,8 @@ MICRO_JSON = json.dumps(MICRO)
 CONFIG_JSON = json.dumps({"config": MICRO["config"]})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (tests/conftest.py): the codec codes with one anyway; the CPU is shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -55,13 +55,8 @@ TINY = dataclasses.replace(HPCM_BASE, transform_channels=(16, 32, 64), g_a_depth
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "camera")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small convolutions: one thread is fastest, and stable on a shared 2-core runner.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (tests/conftest.py): the codec codes with one anyway; the CPU is shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def photo(width: int, height: int, index: int = 0) -> Image.Image:

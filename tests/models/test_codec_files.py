@@ -32,12 +32,8 @@ MICRO = HPCM_MICRO  # the full coding schedule with the narrowest transforms
 KWARGS_JSON = model_kwargs_to_json({"M": 16, "N": 8, "config": MICRO})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (tests/conftest.py): the codec codes with one anyway; the CPU is shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
