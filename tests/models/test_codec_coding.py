@@ -15,10 +15,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models.test_codec import (  # _one_thread: its autouse fixture, one torch thread
+from models.test_codec import (
     MICRO_KWARGS,
     TINY,
-    _one_thread,  # noqa: F401
     forge,
     lively,
     micro_model,
@@ -37,6 +36,9 @@ from hpcm_models.errors import (
 )
 from hpcm_models.hashes import LatentHasher, latent_hasher
 from hpcm_models.recipe import fill_recipe_weights
+
+# One intra-op thread (tests/conftest.py), as in test_codec.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def codecs(model) -> tuple[ImageCodec, ImageCodec]:
