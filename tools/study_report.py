@@ -777,14 +777,23 @@ def _delta_rows(compare: Mapping[str, Any], codec: str) -> dict[str, Mapping[str
     return {row["point"]: row for row in compare["codecs"][codec]["rows"]}
 
 
-def _shipped_entry(point: str, base: Path, entries: Sequence[Any]) -> Any:
+def _shipped_entry(
+    point: str, base: Path, entries: Sequence[Any], evaluated_hash: str | None = None
+) -> Any:
     """The index entry of an evaluated point: ``"MODEL qN"`` (the package's weights, as ``hpcm
-    eval --quality`` names them) or a checkpoint, recognized by its weights hash."""
+    eval --quality`` names them) or a checkpoint, recognized by its weights hash.
+    ``evaluated_hash``: the weights hash ``hpcm eval`` recorded for the point, which must be the
+    entry's (an evaluation of weights that have since been replaced is refused)."""
     from hpcm_models.checkpoints import load_checkpoint
     from hpcm_models.hashes import weights_hash
 
     for entry in entries:
         if point == entry.label:
+            if evaluated_hash is not None and evaluated_hash != entry.weights_hash:
+                raise SystemExit(
+                    f"{point} was evaluated with weights {evaluated_hash}, but index.json ships "
+                    f"{entry.weights_hash} as {entry.file}: evaluate the shipped weights again"
+                )
             return entry
     path = _first([Path(point), base / point, base / point.removeprefix("runs/")], point)
     built = weights_hash(load_checkpoint(path)).hex()
@@ -804,8 +813,9 @@ def collect_shipped(path: Path, base: Path) -> dict[str, Any]:
     deltas = {codec: _delta_rows(compare, codec) for codec in ("jpeg", "webp")}
     entries = pretrained.shipped_weights()
     points = []
+    hashes = evaluated.get("weights_hashes") or [None] * len(evaluated["points"])
     for i, point in enumerate(evaluated["points"]):
-        entry = _shipped_entry(point, base, entries)
+        entry = _shipped_entry(point, base, entries, hashes[i])
         per_image = {
             r["image"]: {"image": r["image"], "bpp_file": r["bpp_file"], "psnr": r["psnr"]}
             for r in evaluated["per_image"][i]
@@ -835,6 +845,7 @@ def collect_shipped(path: Path, base: Path) -> dict[str, Any]:
                         ("delta", "delta_psnr"),
                         ("psnr", "classic_psnr"),
                         ("quality", "classic_quality"),
+                        ("compared", "compared"),
                     )
                 },
                 "per_image": list(per_image.values()),
@@ -1077,6 +1088,12 @@ def _signed(value: float, spec: str) -> str:
     return f"{value:+{spec}}".replace("-", "\u2212")
 
 
+def _steps(trained: Mapping[str, Any]) -> Any:
+    """Optimizer steps behind shipped weights: all of them (``total_steps``, counting the weights
+    a run continued from), else the last run's, else ``"?"``."""
+    return trained.get("total_steps") or trained.get("step", "?")
+
+
 def shipped_block(shipped: Mapping[str, Any]) -> str:
     """The shipped weights: the table with the held-out results, sizes, BD-rates and the bar."""
     from hpcm_models.pretrained import MAX_SHIPPED_BYTES
@@ -1087,16 +1104,27 @@ def shipped_block(shipped: Mapping[str, Any]) -> str:
         f"val MS-SSIM | Δ JPEG (dB) | Δ WebP (dB) | images ≥ {JPEG_BAR_DB:g} dB over JPEG |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    below = []  # (quality, codec, images below the codec's lowest rate)
     for p in points:
-        over = sum(r["delta_jpeg"] >= JPEG_BAR_DB for r in p["per_image"])
+        # An image whose rate JPEG cannot reach (below its quality 1, above its highest) has no
+        # JPEG PSNR to compare with: it is left out of Δ and of the count, and said so.
+        deltas = [r["delta_jpeg"] for r in p["per_image"] if r["delta_jpeg"] is not None]
+        over = sum(d >= JPEG_BAR_DB for d in deltas)
+        counted = f"{over}/{len(deltas)}"
+        for codec in ("jpeg", "webp"):
+            missing = len(p["per_image"]) - p.get(f"{codec}_compared", len(p["per_image"]))
+            if missing:
+                below.append((p["quality"], codec, missing))
+                if codec == "jpeg":
+                    counted += f" (+{missing} outside JPEG's rates)"
         jpeg = _signed(p["jpeg_delta"], ".2f")
         if p["jpeg_delta"] >= JPEG_BAR_DB:
             jpeg = f"**{jpeg}**"
         lines.append(
             f"| `{p['model']}` | {p['quality']} | {p['lmbda']} | `{p['file']}` | {p['bytes']:,} | "
-            f"`{p['sha256']}` | {p['trained'].get('step', '?')} | {p['bpp_file']:.4f} | "
+            f"`{p['sha256']}` | {_steps(p['trained'])} | {p['bpp_file']:.4f} | "
             f"{p['psnr']:.2f} | {p['ms_ssim']:.4f} | {jpeg} | {_signed(p['webp_delta'], '.2f')} | "
-            f"{over}/{len(p['per_image'])} |"
+            f"{counted} |"
         )
     total = sum(p["bytes"] for p in points)
     n = len(points[0]["per_image"])
@@ -1139,7 +1167,14 @@ def shipped_block(shipped: Mapping[str, Any]) -> str:
         f"({'all' if all(p['bit_exact'] for p in points) else '**not all**'} decoded bit-exact). "
         "Δ: PSNR of the learned codec minus Pillow's at the same bpp (whole files, quality "
         "interpolated per image; [tools.md](tools.md#against-jpeg-and-webp---compare-jpeg-webp)), "
-        "averaged over the images."
+        "averaged over the images"
+        + "".join(
+            f"; at quality {q} over {n - k} of the {n} images for "
+            f"{'JPEG' if codec == 'jpeg' else 'WebP'}: on {k} the learned codec's rate is outside "
+            "the rates Pillow's quality settings reach"
+            for q, codec, k in below
+        )
+        + "."
         + (f" BD-rate over the {len(points)} points: {bd}." if bd else ""),
         f"**The bar of issue 14** (PSNR at least {JPEG_BAR_DB:g} dB above JPEG at every shipped "
         f"rate point) **{bar}**. The codec is {versus}. From quality {lo['quality']} to "
@@ -1185,13 +1220,14 @@ def plot(study: Mapping[str, Any], shipped: Mapping[str, Any], path: Path) -> No
     groups = by_model(study["runs"])
     fig, (ax, zx, bx) = plt.subplots(1, 3, figsize=(15, 4.4), dpi=90)
     try:
-        lo, hi = 0.06, 0.26
+        shipped_bpp = [p["bpp_file"] for p in shipped["points"]]
+        lo, hi = min(0.06, min(shipped_bpp) * 0.8), max(0.26, max(shipped_bpp) * 1.15)
         for codec, style, name in (("jpeg", "k--", "JPEG"), ("webp", "k:", "WebP")):
             c = shipped["classic"][codec]
             pts = [(b, q) for b, q in zip(c["bpp"], c["psnr"], strict=True) if lo <= b <= hi]
             ax.plot(*zip(*pts, strict=True), style, lw=1, label=f"{name} (Pillow)")
         pts = [(p["bpp_file"], p["psnr"]) for p in shipped["points"]]
-        steps = {str(p["trained"].get("step", "?")) for p in shipped["points"]}
+        steps = {str(_steps(p["trained"])) for p in shipped["points"]}
         ax.plot(
             *zip(*pts, strict=True),
             "o-",

@@ -17,15 +17,20 @@ never ``best.pt``, which is chosen on the validation images that evaluation uses
 fp16 to ``EXPORT/NAME.pt`` — ``{"model": state_dict, "model_name", "model_kwargs", "meta"}``,
 readable by ``hpcm compress --checkpoint`` and ``hpcm eval --checkpoint``.
 
-The shipped ``hpcm-small`` weights and the Phase-1 study (``docs/models.md``, ``docs/study.md``)
-came from these two commands on one H100 (the step counts are what ``--time-budget`` fitted into
-the device's 10-minute calls: 13.1 steps/s for each of 7 runs sharing the GPU under MPS)::
+The Phase-1 study and the first stage of the shipped ``hpcm-small`` weights came from these two
+commands on one H100 (the step counts are what ``--time-budget`` fitted into the device's
+10-minute calls: 13.1 steps/s for each of 7 runs sharing the GPU under MPS)::
 
     python tools/train_codecs.py tools/plans/small_codecs.json --data data/photos \
         --output runs/small --steps 3750 --export weights/3750      # the study: every run
     python tools/train_codecs.py tools/plans/small_codecs.json --data data/photos \
         --output runs/small --steps 7250 --stop-at 6000 --resume --export weights/6000 \
-        --only hpcm-small-q1 hpcm-small-q2 hpcm-small-q3            # the shipped weights
+        --only hpcm-small-q1 hpcm-small-q2 hpcm-small-q3            # stage 1 of the shipped weights
+
+and the shipped weights continued from those with ``tools/plans/small_codecs_longer.json`` to 30000
+(quality 1) and 42000 steps (qualities 2, 3): the commands are in ``docs/models.md`` ("How they
+were trained"). A run that starts ``from_baseline`` records the file it continued from and the
+steps behind it in its export (``meta["continued_from"]``, ``meta["total_steps"]``).
 """
 
 from __future__ import annotations
@@ -180,19 +185,52 @@ def probe_rate(runs: list[dict[str, Any]], data: Path, output: Path, probe_steps
     return min(rates)
 
 
-def export(run_dir: Path, target: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write the run's final weights in fp16 with what is needed to rebuild and cite them."""
+def continuation(baseline: Path) -> dict[str, Any]:
+    """Where a run that started from ``--from-baseline`` weights came from: the file's name and
+    SHA-256, and the optimizer steps behind it (its ``meta``'s ``total_steps``, else ``step``;
+    ``None`` for a file that does not say, such as the authors' checkpoints)."""
+    import torch
+
+    steps = None
+    try:
+        obj = torch.load(baseline, map_location="cpu", weights_only=True)
+    except Exception:  # a file torch cannot read safely says nothing of its steps
+        obj = None
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    if isinstance(meta, dict):
+        steps = meta.get("total_steps", meta.get("step"))
+    return {
+        "file": baseline.name,
+        "sha256": _sha256(baseline),
+        "total_steps": steps if isinstance(steps, int) else None,
+    }
+
+
+def export(
+    run_dir: Path, target: Path, meta: dict[str, Any], baseline: Path | None = None
+) -> dict[str, Any]:
+    """Write the run's final weights in fp16 with what is needed to rebuild and cite them.
+
+    ``meta["total_steps"]`` counts every optimizer step behind the weights: the run's, plus
+    those of the ``baseline`` it started from (``meta["continued_from"]``,
+    :func:`continuation`); ``None`` when the baseline does not say."""
     import torch
 
     from hpcm_models.checkpoints import load_training_checkpoint
     from hpcm_models.pretrained import fp16_state_dict
 
     ckpt = load_training_checkpoint(run_dir / "latest.pt")
+    meta = {**meta, "step": ckpt["step"], "train_args": ckpt["args"], "total_steps": ckpt["step"]}
+    if baseline is not None:
+        before = continuation(baseline)
+        meta["continued_from"] = before
+        steps = before["total_steps"]
+        meta["total_steps"] = None if steps is None else steps + int(ckpt["step"])
     out = {
         "model": fp16_state_dict(ckpt["model"], str(run_dir / "latest.pt")),
         "model_name": ckpt["model_name"],
         "model_kwargs": ckpt["model_kwargs"],
-        "meta": {**meta, "step": ckpt["step"], "train_args": ckpt["args"]},
+        "meta": meta,
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, target)
@@ -273,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             directory = args.output / run["name"]
             if (directory / "latest.pt").is_file():
+                baseline = run.get("from_baseline")
                 summary["results"][run["name"]]["export"] = export(
-                    directory, args.export / f"{run['name']}.pt", {**meta, "run": run}
+                    directory,
+                    args.export / f"{run['name']}.pt",
+                    {**meta, "run": run},
+                    Path(baseline) if baseline else None,
                 )
             val = _log_rows(directory / "val_log.csv")
             if val:

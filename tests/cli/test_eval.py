@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import hpcm_models
-from hpcm_models.checkpoints import random_model
+from hpcm_models.checkpoints import load_checkpoint, random_model
 from hpcm_models.cli import main
 from hpcm_models.codec import ImageCodec
 from hpcm_models.evaluation import evaluate_image, load_curve
@@ -66,6 +66,12 @@ def test_eval_writes_compressai_results_with_actual_bits(
     assert doc["name"] == "tiny"
     assert doc["model"] == "hpcm-base"
     assert doc["points"] == [str(c) for c in checkpoints]
+    # Each point names its weights by the hash .hpcm headers record.
+    assert doc["weights_hashes"] == [
+        ImageCodec(load_checkpoint(c, "hpcm-base", model_kwargs=TINY_KWARGS)).weights_hash.hex()
+        for c in checkpoints
+    ]
+    assert len(set(doc["weights_hashes"])) == 2
     results = doc["results"]
     for key in ("bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-rgb-db", "encoding_time",
                 "decoding_time", "bpp-file", "bit-exact"):  # fmt: skip

@@ -374,3 +374,9 @@ def test_shipped_points_are_found_by_label_or_by_their_weights() -> None:
     assert tool._shipped_entry(str(weights), ROOT, entries).quality == 3
     with pytest.raises(SystemExit, match=r"no .*nothing\.pt"):
         tool._shipped_entry("nothing.pt", ROOT, entries)
+    # An evaluation records the weights hash of each point: one of weights that no longer ship
+    # (a label names the current ones) is refused, the current ones' accepted.
+    q2 = next(e for e in entries if e.label == "hpcm-small q2")
+    assert tool._shipped_entry("hpcm-small q2", ROOT, entries, q2.weights_hash) == q2
+    with pytest.raises(SystemExit, match="evaluate the shipped weights again"):
+        tool._shipped_entry("hpcm-small q2", ROOT, entries, "0" * 32)

@@ -103,7 +103,10 @@ MAX_INDEX_BYTES = 1 << 20
 
 _INDEX_FORMAT = "hpcm-weights-index"
 # Training settings copied into an index entry's "trained" summary (the file has all of them).
-_META_KEYS = ("step", "plan", "data_manifest_sha256", "device", "torch", "date")
+_META_KEYS = (
+    "step", "total_steps", "continued_from", "plan", "data_manifest_sha256", "device", "torch",
+    "date",
+)  # fmt: skip
 _TRAIN_KEYS = ("steps", "batch_size", "patch_size", "lr", "metric", "seed", "amp", "cuda_graphs")
 
 

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise HPCMError(f"expected --max-images >= 1, got {args.max_images}")
     files = find_images(args.dataset)[: args.max_images]
     device = prepare_device(args.device)
-    points, model_name = _rate_points(args, files, device)
+    points, model_name, hashes = _rate_points(args, files, device)
 
     name = args.name or model_name
     description = (
@@ -134,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
         + (", shipped weights" if args.quality is not None else "")
     )
     document = results_document(
-        name, description, points, extra={"model": model_name, "dataset": str(args.dataset)}
+        name,
+        description,
+        points,
+        extra={"model": model_name, "dataset": str(args.dataset), "weights_hashes": hashes},
     )
     classic = compare_classic(args, files, points, document) if args.compare else {}
     if args.output is not None:
@@ -151,9 +154,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _rate_points(
     args: argparse.Namespace, files: list[Path], device: Any
-) -> tuple[list[tuple[str, Any]], str]:
+) -> tuple[list[tuple[str, Any]], str, list[str]]:
     """Every image coded and decoded by each checkpoint (or the random weights): ``([(source,
-    per-image results), ...], model name)``; one summary line per point on stdout."""
+    per-image results), ...], model name, the weights hash of each point)``; one summary line
+    per point on stdout. The hashes (those ``.hpcm`` headers record) say which weights a point
+    was: a label such as ``hpcm-small q2`` names other weights once new ones ship."""
     from tqdm import tqdm
 
     from hpcm_models.checkpoints import load_checkpoint, random_model
@@ -171,6 +176,7 @@ def _rate_points(
     else:
         sources = list(shipped) or [f"random(seed={args.seed})"]
     points = []
+    hashes = []
     model_name = args.model
     for source in sources:
         if args.random_weights:
@@ -189,8 +195,9 @@ def _rate_points(
             results = evaluate_codec(codec, files, progress=lambda *_, bar=bar: bar.update(1))
         print(f"{source}: {_summary(mean_point(results))}")
         points.append((source, results))
+        hashes.append(codec.weights_hash.hex())
         del model, codec
-    return points, model_name
+    return points, model_name, hashes
 
 
 def _summary(point: dict[str, Any]) -> str:
