@@ -32,6 +32,7 @@ def test_quick_demo_round_trips_every_model(
     assert [r["model"] for r in rows] == list(DEMO_MODELS)
     for row in rows:
         assert f"| {row['model']} | random |" in text
+        assert row["jpeg_psnr"] is None  # random weights are not compared
         assert row["bit_exact"] is True
         assert row["bpp"] > 0
         assert row["bpp_file"] > row["bpp"]
@@ -78,3 +79,36 @@ def test_demo_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["demo", "--quick", "--images", str(tmp_path / "none.png")]) == 1
     assert "no such file" in capsys.readouterr().err
     assert all(bundled_image(name).is_file() for name in DEMO_IMAGES)
+
+
+def test_trained_rows_are_set_against_jpeg_at_the_same_rate(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The shipped weights' rows carry JPEG's PSNR at each image's whole-file rate (one JPEG
+    sweep per image); random weights' rows and --no-jpeg leave the columns empty."""
+    from hpcm_models.baselines import evaluate_classic_image, match_rate
+    from hpcm_models.image_io import read_image
+
+    image = bundled_image("rocket.png")
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--images", str(image), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 3  # the shipped qualities
+    sweep = evaluate_classic_image(read_image(image), "jpeg", name="rocket.png")
+    for row in rows:
+        (result,) = row["images"]
+        expected = match_rate(sweep, result["bpp_file"]).value
+        assert expected is not None  # the shipped rates are within JPEG's on this photo
+        assert row["jpeg_compared"] == 1
+        assert row["jpeg_psnr"] == pytest.approx(expected)
+        assert row["delta_jpeg"] == pytest.approx(result["psnr"] - expected)
+        assert f"| {row['jpeg_psnr']:.2f} | {row['delta_jpeg']:+.2f} |" in text
+    assert "JPEG: Pillow's (4:2:0) PSNR at each image's whole-file bpp" in text
+
+    assert main(["demo", "--images", str(image), "--no-jpeg", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for row in json.loads(out.read_text())["rows"]:
+        assert (row["jpeg_psnr"], row["delta_jpeg"], row["jpeg_compared"]) == (None, None, 0)
+    assert text.count("| - | - |") == 3
+    assert "JPEG: Pillow's" not in text

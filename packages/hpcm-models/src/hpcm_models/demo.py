@@ -5,7 +5,9 @@ quality: real rates and PSNRs. Otherwise (``--random-weights``, or a model witho
 weights or a checkpoint) HPCM-Base, HPCM-Large and the RWKV variants with random weights. Each
 bundled photo is coded to an ``.hpcm`` bitstream through :class:`hpcm_models.codec.ImageCodec`
 and decoded, and the demo reports the size, the quality, the timings and whether the decoder
-rebuilt exactly the encoder's latents.
+rebuilt exactly the encoder's latents. Rows of trained weights are also set against JPEG
+(Pillow, 4:2:0) at the same rate on the same images (:mod:`hpcm_models.baselines`), so the first
+command shows what the codec is worth.
 """
 
 from __future__ import annotations
@@ -126,6 +128,11 @@ class DemoRow:
         bit_exact: every decoder rebuilt exactly the encoder's latents.
         images: per-image results (:class:`hpcm_models.evaluation.ImageResult` as dicts).
         quality: the shipped quality (None for other weights).
+        jpeg_psnr: mean PSNR of JPEG at each image's rate (whole files against whole files,
+            quality interpolated; :func:`hpcm_models.baselines.compare_matched_rate`); None for
+            random weights, or where no image's rate is within JPEG's range.
+        delta_jpeg: mean of the per-image ``PSNR − JPEG PSNR`` over ``jpeg_compared`` images.
+        jpeg_compared: images whose rate JPEG reaches (0 when not compared).
     """
 
     model: str
@@ -139,6 +146,9 @@ class DemoRow:
     bit_exact: bool
     images: list[dict[str, Any]]
     quality: int | None = None
+    jpeg_psnr: float | None = None
+    delta_jpeg: float | None = None
+    jpeg_compared: int = 0
 
 
 def run_demo(
@@ -150,6 +160,7 @@ def run_demo(
     seed: int = 0,
     quick: bool = False,
     pretrained: bool = False,
+    compare_jpeg: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[DemoRow]:
     """Round-trip ``images`` through every model; see the module docstring.
@@ -163,7 +174,10 @@ def run_demo(
         quick: random models are small (:data:`QUICK_MODEL_KWARGS`) instead of M=320, N=256.
         pretrained: models with shipped weights get one row per shipped quality; models with
             neither a checkpoint nor shipped weights use random weights (:func:`demo_runs`).
+        compare_jpeg: set rows of trained weights (shipped or a checkpoint) against JPEG at the
+            same rate (one JPEG sweep per image, made once).
     """
+    from .baselines import compare_matched_rate, evaluate_classic_image
     from .checkpoints import load_checkpoint, random_model
     from .codec import ImageCodec
     from .evaluation import evaluate_image, mean_point
@@ -173,6 +187,7 @@ def run_demo(
     paths = [Path(p) for p in images] if images else [bundled_image(n) for n in DEMO_IMAGES]
     pictures = [(p.name, read_image(p)) for p in paths]
     kwargs = dict(QUICK_MODEL_KWARGS) if quick else {}
+    sweeps: dict[str, Any] = {}  # JPEG's sweep of each image, made when first needed
     rows = []
     for run in demo_runs(models, checkpoint_dir=checkpoint_dir, pretrained=pretrained):
         name = run.model
@@ -195,6 +210,14 @@ def run_demo(
                 progress(f"{name}: {label} ({picture.width}x{picture.height} {picture.mode})")
             results.append(evaluate_image(codec, picture, label))
         point = mean_point(results)
+        jpeg = None
+        if compare_jpeg and run.weights != "random":
+            for label, picture in pictures:
+                if label not in sweeps:
+                    if progress:
+                        progress(f"JPEG: {label} at every quality")
+                    sweeps[label] = evaluate_classic_image(picture, "jpeg", name=label)
+            jpeg = compare_matched_rate(run.weights, results, [sweeps[k] for k, _ in pictures])
         rows.append(
             DemoRow(
                 model=name,
@@ -208,6 +231,9 @@ def run_demo(
                 bit_exact=point["bit-exact"],
                 images=[dataclasses.asdict(r) for r in results],
                 quality=run.shipped.quality if run.shipped is not None else None,
+                jpeg_psnr=jpeg.classic_psnr if jpeg else None,
+                delta_jpeg=jpeg.delta_psnr if jpeg else None,
+                jpeg_compared=jpeg.compared if jpeg else 0,
             )
         )
         del model, codec
@@ -215,15 +241,22 @@ def run_demo(
 
 
 def format_demo_table(rows: Sequence[DemoRow]) -> str:
-    """The demo's table (Markdown)."""
+    """The demo's table (Markdown). JPEG's columns are ``-`` where not compared and carry a
+    ``*`` where only some images' rates were within JPEG's range."""
     lines = [
-        "| model | weights | params | bpp | PSNR (dB) | encode ms | decode ms | bit-exact |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | weights | params | bpp | PSNR (dB) | JPEG PSNR, same bpp | Δ JPEG (dB) | "
+        "encode ms | decode ms | bit-exact |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         psnr = "n/a" if r.psnr is None or math.isnan(r.psnr) else f"{r.psnr:.2f}"
+        jpeg, delta = "-", "-"
+        if r.jpeg_psnr is not None and r.delta_jpeg is not None:
+            partial = "*" if r.jpeg_compared < len(r.images) else ""
+            jpeg, delta = f"{r.jpeg_psnr:.2f}{partial}", f"{r.delta_jpeg:+.2f}{partial}"
         lines.append(
             f"| {r.model} | {r.weights} | {r.params / 1e6:.2f} M | {r.bpp:.4f} | {psnr} | "
-            f"{r.encode_ms:.0f} | {r.decode_ms:.0f} | {'yes' if r.bit_exact else 'NO'} |"
+            f"{jpeg} | {delta} | {r.encode_ms:.0f} | {r.decode_ms:.0f} | "
+            f"{'yes' if r.bit_exact else 'NO'} |"
         )
     return "\n".join(lines)

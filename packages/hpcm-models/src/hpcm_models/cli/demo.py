@@ -53,6 +53,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small random models (M=32, N=16): seconds")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument(
+        "--no-jpeg",
+        action="store_true",
+        help="do not set trained weights against JPEG at the same rate (one JPEG sweep per image)",
+    )
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     p.set_defaults(run=run)
 
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         quick=args.quick,
         pretrained=pretrained,
+        compare_jpeg=not args.no_jpeg,
         progress=progress,
     )
     print()
@@ -89,6 +95,19 @@ def run(args: argparse.Namespace) -> int:
         f"~{_header_bpp(rows):.3f} bpp here); times per image on {device}; bit-exact: the decoder "
         f"rebuilt exactly the encoder's latents. Total {time.perf_counter() - start:.0f} s."
     )
+    if any(r.jpeg_compared for r in rows):
+        print(
+            "JPEG: Pillow's (4:2:0) PSNR at each image's whole-file bpp (the .hpcm file against "
+            "the .jpg file, quality interpolated), averaged over the images; Δ = PSNR − JPEG's"
+            + (
+                "; * = over the images whose rate JPEG reaches"
+                if any(r.jpeg_compared < len(r.images) for r in rows if r.jpeg_compared)
+                else ""
+            )
+            + ". Two small images, where the header weighs, are a smoke check, not a benchmark: "
+            "hpcm eval --compare jpeg webp on your photos (the shipped weights' held-out results: "
+            "docs/models.md)."
+        )
     if args.json is not None:
         write_json(
             args.json, {"device": str(device), "rows": [dataclasses.asdict(r) for r in rows]}
