@@ -512,7 +512,13 @@ def test_5_bad_checkpoint_contents_are_one_line_errors(capsys, work, tmp_path) -
 # Runs `hpcm`, stalling in the atomic writer's fsync (the temporary file exists then) after
 # touching the file named by argv[1], so that a test can signal it in the middle of a write.
 _STALLING_HPCM = """
-import os, sys, time
+import os, signal, sys, time
+
+# As from an interactive shell, whatever started the tests (a background job starts with SIGINT
+# ignored, and an ignored signal stays ignored: test_6_ignored_signals_stay_ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_DFL)
 
 def stalled_fsync(fd):
     open(sys.argv[1], "w").close()
@@ -580,6 +586,29 @@ def test_6_signals_clean_up_and_exit_with_one_line(work, tmp_path, sig, status, 
     assert (out, err.splitlines()) == ("", [line])
     assert listing(tmp_path) == {"stall.py", "ready", "out.hpcm"}
     assert (tmp_path / "out.hpcm").read_bytes() == b"previous"
+
+
+def test_6_ignored_signals_stay_ignored() -> None:
+    """Under ``nohup`` (SIGHUP ignored) the CLI must not turn a hang-up into an exit; signals
+    with their default disposition become exceptions, and every handler comes back after."""
+    from hpcm_models.cli import _signals_as_exceptions, _terminate
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with _signals_as_exceptions():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is _terminate
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with _signals_as_exceptions():
+            assert signal.getsignal(signal.SIGHUP) is _terminate
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.slow

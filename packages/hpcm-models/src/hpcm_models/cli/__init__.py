@@ -102,11 +102,17 @@ def _terminate(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def _signals_as_exceptions() -> Iterator[None]:
     """SIGTERM and SIGHUP raise :class:`_Terminated` (SIGINT raises KeyboardInterrupt already);
-    the previous handlers come back afterwards."""
+    the previous handlers come back afterwards. A signal the process was started with ignored
+    stays ignored (``nohup hpcm ...`` survives a hang-up, as Python leaves an ignored SIGINT
+    ignored)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING}
+    previous = {
+        sig: signal.signal(sig, _terminate)
+        for sig in _TERMINATING
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
