@@ -112,3 +112,26 @@ def test_trained_rows_are_set_against_jpeg_at_the_same_rate(
         assert (row["jpeg_psnr"], row["delta_jpeg"], row["jpeg_compared"]) == (None, None, 0)
     assert text.count("| - | - |") == 3
     assert "JPEG: Pillow's" not in text
+
+
+def test_jpeg_sweeps_follow_the_images_not_their_names(tmp_path: Path) -> None:
+    """Two images of the same file name in different folders each get their own JPEG sweep."""
+    import shutil
+
+    from hpcm_models.baselines import evaluate_classic_image, match_rate
+    from hpcm_models.demo import run_demo
+    from hpcm_models.image_io import read_image
+
+    paths = []
+    for folder, source in (("a", "rocket.png"), ("b", "camera.png")):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / "x.png")
+        shutil.copy(bundled_image(source), paths[-1])
+    (row, *_) = run_demo(["hpcm-small"], paths, pretrained=True)
+    assert row.jpeg_compared == 2
+    expected = [
+        match_rate(evaluate_classic_image(read_image(p), "jpeg", name="x.png"), r["bpp_file"])
+        for p, r in zip(paths, row.images, strict=True)
+    ]
+    assert row.jpeg_psnr == pytest.approx(sum(m.value for m in expected) / 2)
+    assert expected[0].value != pytest.approx(expected[1].value)

@@ -187,7 +187,7 @@ def run_demo(
     paths = [Path(p) for p in images] if images else [bundled_image(n) for n in DEMO_IMAGES]
     pictures = [(p.name, read_image(p)) for p in paths]
     kwargs = dict(QUICK_MODEL_KWARGS) if quick else {}
-    sweeps: dict[str, Any] = {}  # JPEG's sweep of each image, made when first needed
+    sweeps: list[Any] = []  # JPEG's sweep of each image, made when first needed
     rows = []
     for run in demo_runs(models, checkpoint_dir=checkpoint_dir, pretrained=pretrained):
         name = run.model
@@ -212,12 +212,11 @@ def run_demo(
         point = mean_point(results)
         jpeg = None
         if compare_jpeg and run.weights != "random":
-            for label, picture in pictures:
-                if label not in sweeps:
-                    if progress:
-                        progress(f"JPEG: {label} at every quality")
-                    sweeps[label] = evaluate_classic_image(picture, "jpeg", name=label)
-            jpeg = compare_matched_rate(run.weights, results, [sweeps[k] for k, _ in pictures])
+            for label, picture in pictures[len(sweeps) :]:
+                if progress:
+                    progress(f"JPEG: {label} at every quality")
+                sweeps.append(evaluate_classic_image(picture, "jpeg", name=label))
+            jpeg = compare_matched_rate(run.weights, results, sweeps)
         rows.append(
             DemoRow(
                 model=name,
