@@ -22,6 +22,7 @@ from shipped import LMBDAS, MICRO, make_weights_dir, training_checkpoint
 import hpcm_models
 from hpcm_models import pretrained
 from hpcm_models.checkpoints import TABLES_KEY, load_checkpoint, random_model, read_checkpoint
+from hpcm_models.cli import main as cli_main
 from hpcm_models.codec import ImageCodec
 from hpcm_models.container import read_container
 from hpcm_models.entropy import CODING_BUFFERS
@@ -412,6 +413,74 @@ def test_add_to_index_replaces_the_same_quality(copy: Path, tmp_path: Path) -> N
         pretrained.add_to_index(
             pretrained.ShippedWeights(**{**stale.to_json(), "sha256": "0" * 64}), copy
         )
+
+
+def test_replaced_weights_are_retired_and_named(copy: Path, tmp_path: Path) -> None:
+    """Replacing a row keeps the old weights under "retired": a file coded with them is refused
+    with a message that names them, when they stopped shipping and their file's SHA-256."""
+    old = pretrained.find_weights("hpcm-small", 2)
+    old_file = tmp_path / "old-q2.pt"
+    shutil.copy(copy / old.file, old_file)
+    photo = DATA / "rocket.png"
+    coded = tmp_path / "photo.hpcm"
+    assert cli_main(["compress", str(photo), str(coded), "--quality", "2"]) == 0
+    assert pretrained.read_retired(copy) == ()
+
+    # Re-adding the same weights retires nothing; other weights in the row retire the old ones.
+    assert pretrained.add_to_index(old, copy)
+    assert pretrained.read_retired(copy) == ()
+    source = training_checkpoint(tmp_path / "new.pt", 2)
+    ckpt = torch.load(source, weights_only=True)
+    ckpt["model"] = random_model("hpcm-small", seed=11, **MICRO).state_dict()
+    torch.save(ckpt, source)
+    new = pretrained.make_weights_file(source, copy / "hpcm-small-q2.pt", quality=2)
+    pretrained.add_to_index(new, copy)
+    (retired,) = pretrained.read_retired(copy)
+    assert (retired.label, retired.weights_hash, retired.sha256, retired.replaced_by) == (
+        "hpcm-small q2",
+        old.weights_hash,
+        old.sha256,
+        new.weights_hash,
+    )
+    header, _ = read_container(coded.read_bytes())
+    with pytest.raises(PretrainedWeightsError, match=rf"q2 weights {old.weights_hash}, which "
+                       rf"shipped until {retired.retired}.*SHA-256 {old.sha256}"):  # fmt: skip
+        pretrained.weights_for_file("hpcm-small", header.weights_hash)
+    # The retired weights still decode it, given as a checkpoint.
+    out = tmp_path / "out.png"
+    assert cli_main(["decompress", str(coded), str(out), "--checkpoint", str(old_file)]) == 0
+    # A later replacement keeps the record of the first.
+    shutil.copy(old_file, copy / old.file)
+    pretrained.add_to_index(old, copy)
+    assert [r.weights_hash for r in pretrained.read_retired(copy)] == [
+        old.weights_hash, new.weights_hash
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(retired="07/12/2026"), "bad field.*retired='07/12/2026'"),
+        (lambda r: r.update(weights_hash="xyz"), "bad field.*weights_hash='xyz'"),
+        (lambda r: r.pop("replaced_by"), "retired entry 0: expected the fields"),
+    ],
+)
+def test_malformed_retired_entries(copy: Path, edit, message: str) -> None:
+    document = json.loads((copy / "index.json").read_text())
+    entry = document["weights"][0]
+    retired = {
+        "model": entry["model"], "quality": entry["quality"], "weights_hash": "0" * 32,
+        "sha256": "1" * 64, "retired": "2026-12-07", "replaced_by": entry["weights_hash"],
+    }  # fmt: skip
+    edit(retired)
+    document["retired"] = [retired]
+    (copy / "index.json").write_text(json.dumps(document))
+    with pytest.raises(WeightsIntegrityError, match=message):
+        pretrained.read_retired()
+    document["retired"] = "not a list"
+    (copy / "index.json").write_text(json.dumps(document))
+    with pytest.raises(WeightsIntegrityError, match="optionally 'retired'"):
+        pretrained.shipped_weights()
 
 
 # ---------------------------------------------------------------------------- the package's

@@ -69,6 +69,7 @@ __all__ = [
     "WEIGHTS_ENV",
     "WEIGHTS_FORMAT",
     "WEIGHTS_VERSION",
+    "RetiredWeights",
     "ShippedWeights",
     "add_to_index",
     "default_quality",
@@ -79,6 +80,7 @@ __all__ = [
     "pretrained_models",
     "qualities",
     "read_index",
+    "read_retired",
     "shipped_files",
     "shipped_weights",
     "weights_dir",
@@ -182,6 +184,64 @@ def _is_hex(value: Any, length: int) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class RetiredWeights:
+    """Weights that shipped once and were replaced: what ``index.json`` keeps of them under
+    ``"retired"``, so that a ``.hpcm`` file coded with them is named, not just refused.
+
+    Attributes:
+        model, quality: the row they filled.
+        weights_hash: hex weights hash (what ``.hpcm`` files record).
+        sha256: hex SHA-256 of their weights file (still in the package's git history).
+        retired: ISO date on which they were replaced.
+        replaced_by: the weights hash of the weights that took their row.
+    """
+
+    model: str
+    quality: int
+    weights_hash: str
+    sha256: str
+    retired: str
+    replaced_by: str
+
+    @property
+    def label(self) -> str:
+        """``"hpcm-small q2"``."""
+        return f"{self.model} q{self.quality}"
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> RetiredWeights:
+        """A ``"retired"`` entry of ``index.json``, checked field by field.
+
+        Raises:
+            WeightsIntegrityError: a missing or malformed field (``where`` names the entry).
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(raw, Mapping) or set(raw) != set(names):
+            got = sorted(map(str, raw))[:12] if isinstance(raw, Mapping) else type(raw).__name__
+            raise WeightsIntegrityError(f"{where}: expected the fields {names}, got {got}")
+        checks = {
+            "model": isinstance(raw["model"], str) and raw["model"] != "",
+            "quality": type(raw["quality"]) is int and raw["quality"] >= 1,
+            "weights_hash": _is_hex(raw["weights_hash"], 32),
+            "sha256": _is_hex(raw["sha256"], 64),
+            "retired": isinstance(raw["retired"], str) and _is_date(raw["retired"]),
+            "replaced_by": _is_hex(raw["replaced_by"], 32),
+        }
+        bad = [f"{k}={repr(raw[k])[:60]}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise WeightsIntegrityError(f"{where}: bad field(s) {', '.join(bad)}")
+        return cls(**raw)
+
+
+def _is_date(value: str) -> bool:
+    try:
+        _dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return len(value) == 10
+
+
 # ---------------------------------------------------------------------------- the table
 
 
@@ -194,13 +254,9 @@ def weights_dir() -> Path:
     return Path(str(resources.files("hpcm_models").joinpath("weights")))
 
 
-def read_index(directory: str | os.PathLike[str] | None = None) -> tuple[ShippedWeights, ...]:
-    """The entries of ``directory/index.json`` (default :func:`weights_dir`), sorted by model and
-    quality.
-
-    Raises:
-        WeightsIntegrityError: a missing or malformed index, or a (model, quality) listed twice.
-    """
+def _read_index_document(directory: str | os.PathLike[str] | None) -> tuple[Path, Mapping]:
+    """``(path, document)`` of ``directory/index.json`` (default :func:`weights_dir`), its
+    format checked."""
     path = Path(directory if directory is not None else weights_dir()) / INDEX_NAME
     try:
         mode = os.stat(path).st_mode
@@ -224,11 +280,23 @@ def read_index(directory: str | os.PathLike[str] | None = None) -> tuple[Shipped
         or document.get("format") != _INDEX_FORMAT
         or document.get("version") != 1
         or not isinstance(document.get("weights"), list)
+        or not isinstance(document.get("retired", []), list)
     ):
         raise WeightsIntegrityError(
             f"{str(path)!r} is not a table of shipped weights (expected {{'format': "
-            f"{_INDEX_FORMAT!r}, 'version': 1, 'weights': [...]}})"
+            f"{_INDEX_FORMAT!r}, 'version': 1, 'weights': [...], optionally 'retired': [...]}})"
         )
+    return path, document
+
+
+def read_index(directory: str | os.PathLike[str] | None = None) -> tuple[ShippedWeights, ...]:
+    """The entries of ``directory/index.json`` (default :func:`weights_dir`), sorted by model and
+    quality.
+
+    Raises:
+        WeightsIntegrityError: a missing or malformed index, or a (model, quality) listed twice.
+    """
+    path, document = _read_index_document(directory)
     entries = [
         ShippedWeights.from_json(raw, f"{path}, entry {i}")
         for i, raw in enumerate(document["weights"])
@@ -238,6 +306,20 @@ def read_index(directory: str | os.PathLike[str] | None = None) -> tuple[Shipped
     if twice:
         raise WeightsIntegrityError(f"{str(path)!r} lists {twice} more than once")
     return tuple(sorted(entries, key=lambda e: (e.model, e.quality)))
+
+
+def read_retired(directory: str | os.PathLike[str] | None = None) -> tuple[RetiredWeights, ...]:
+    """The weights that shipped once in ``directory`` (default :func:`weights_dir`) and were
+    replaced (``index.json``'s ``"retired"``, oldest first; empty if it has none).
+
+    Raises:
+        WeightsIntegrityError: a missing or malformed index or entry.
+    """
+    path, document = _read_index_document(directory)
+    return tuple(
+        RetiredWeights.from_json(raw, f"{path}, retired entry {i}")
+        for i, raw in enumerate(document.get("retired", []))
+    )
 
 
 def shipped_weights() -> tuple[ShippedWeights, ...]:
@@ -312,6 +394,14 @@ def weights_for_file(model_id: str, file_weights_hash: bytes) -> ShippedWeights:
     for entry in entries:
         if entry.model == model_id and entry.weights_hash == file_weights_hash.hex():
             return entry
+    for old in reversed(read_retired()):
+        if old.model == model_id and old.weights_hash == file_weights_hash.hex():
+            raise PretrainedWeightsError(
+                f"the file was encoded with {old.label} weights {old.weights_hash}, which shipped "
+                f"until {old.retired} and have been replaced ({_shipped_listing(entries)}); "
+                f"decode it with --checkpoint and that weights file (SHA-256 {old.sha256}, in "
+                "hpcm-models' history)"
+            )
     raise PretrainedWeightsError(
         f"the file was encoded with {model_id} weights {file_weights_hash.hex()}, which are not "
         f"shipped with this installation ({_shipped_listing(entries)}); decode it with the "
@@ -644,7 +734,9 @@ def _check_written(path: Path, model: HPCM, digest: str) -> None:
 
 def add_to_index(entry: ShippedWeights, directory: str | os.PathLike[str]) -> list[ShippedWeights]:
     """Add ``entry`` to ``directory/index.json`` (created if missing), replacing the entry of the
-    same model and quality; written atomically. Returns the new table.
+    same model and quality; written atomically. Replaced weights (another weights hash) are kept
+    under ``"retired"`` (:class:`RetiredWeights`), so files coded with them are named when
+    refused. Returns the new table.
 
     Raises:
         WeightsIntegrityError: an existing index is malformed, or the entry's file is not in
@@ -654,14 +746,31 @@ def add_to_index(entry: ShippedWeights, directory: str | os.PathLike[str]) -> li
     path = directory / entry.file
     if not path.is_file() or path.stat().st_size != entry.bytes or _sha256(path) != entry.sha256:
         raise WeightsIntegrityError(f"{str(path)!r} is not the file of {entry.label}")
-    entries = list(read_index(directory)) if (directory / INDEX_NAME).is_file() else []
+    exists = (directory / INDEX_NAME).is_file()
+    entries = list(read_index(directory)) if exists else []
+    retired = list(read_retired(directory)) if exists else []
+    for old in entries:
+        same_row = (old.model, old.quality) == (entry.model, entry.quality)
+        if same_row and old.weights_hash != entry.weights_hash:
+            retired.append(
+                RetiredWeights(
+                    model=old.model,
+                    quality=old.quality,
+                    weights_hash=old.weights_hash,
+                    sha256=old.sha256,
+                    retired=_dt.date.today().isoformat(),
+                    replaced_by=entry.weights_hash,
+                )
+            )
     entries = [e for e in entries if (e.model, e.quality) != (entry.model, entry.quality)]
     entries = sorted([*entries, entry], key=lambda e: (e.model, e.quality))
-    document = {
+    document: dict[str, Any] = {
         "format": _INDEX_FORMAT,
         "version": 1,
         "weights": [e.to_json() for e in entries],
     }
+    if retired:
+        document["retired"] = [dataclasses.asdict(r) for r in retired]
     text = json.dumps(document, indent=1) + "\n"
     write_atomic(directory / INDEX_NAME, lambda f: f.write(text.encode()))
     return entries
