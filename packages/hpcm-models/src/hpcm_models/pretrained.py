@@ -34,7 +34,7 @@ import os
 import platform
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -112,8 +112,20 @@ _META_KEYS = (
 _TRAIN_KEYS = ("steps", "batch_size", "patch_size", "lr", "metric", "seed", "amp", "cuda_graphs")
 
 
+class _Row:
+    """What a row of the weights table is named by: a model and a quality."""
+
+    model: str
+    quality: int
+
+    @property
+    def label(self) -> str:
+        """``"hpcm-small q2"``."""
+        return f"{self.model} q{self.quality}"
+
+
 @dataclass(frozen=True)
-class ShippedWeights:
+class ShippedWeights(_Row):
     """One row of the table of shipped weights.
 
     Attributes:
@@ -138,11 +150,6 @@ class ShippedWeights:
     weights_hash: str
     trained: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
-    @property
-    def label(self) -> str:
-        """``"hpcm-small q2"``."""
-        return f"{self.model} q{self.quality}"
-
     @classmethod
     def from_json(cls, raw: Any, where: str) -> ShippedWeights:
         """An entry of ``index.json``, checked field by field.
@@ -150,30 +157,38 @@ class ShippedWeights:
         Raises:
             WeightsIntegrityError: a missing or malformed field (``where`` names the entry).
         """
-        names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(raw, Mapping) or set(raw) != set(names):
-            got = sorted(map(str, raw))[:12] if isinstance(raw, Mapping) else type(raw).__name__
-            raise WeightsIntegrityError(f"{where}: expected the fields {names}, got {got}")
-        checks = {
-            "model": isinstance(raw["model"], str) and raw["model"] != "",
-            "quality": type(raw["quality"]) is int and raw["quality"] >= 1,
-            "lmbda": type(raw["lmbda"]) in (int, float) and raw["lmbda"] > 0,
-            "file": isinstance(raw["file"], str)
-            and raw["file"].endswith(".pt")
-            and Path(raw["file"]).name == raw["file"],
-            "sha256": _is_hex(raw["sha256"], 64),
-            "bytes": type(raw["bytes"]) is int and raw["bytes"] > 0,
-            "weights_hash": _is_hex(raw["weights_hash"], 32),
-            "trained": isinstance(raw["trained"], Mapping),
-        }
-        bad = [f"{k}={repr(raw[k])[:60]}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise WeightsIntegrityError(f"{where}: bad field(s) {', '.join(bad)}")
+        _check_fields(
+            cls,
+            raw,
+            where,
+            {
+                **_ROW_CHECKS,
+                "lmbda": lambda v: type(v) in (int, float) and v > 0,
+                "file": lambda v: isinstance(v, str) and v.endswith(".pt") and Path(v).name == v,
+                "bytes": lambda v: type(v) is int and v > 0,
+                "trained": lambda v: isinstance(v, Mapping),
+            },
+        )
         return cls(**{**raw, "lmbda": float(raw["lmbda"]), "trained": dict(raw["trained"])})
 
     def to_json(self) -> dict[str, Any]:
         """The entry as ``index.json`` holds it."""
         return {**dataclasses.asdict(self), "trained": dict(self.trained)}
+
+
+def _check_fields(
+    cls: type, raw: Any, where: str, checks: Mapping[str, Callable[[Any], bool]]
+) -> None:
+    """Check an ``index.json`` entry for the dataclass ``cls``: exactly its fields, each value
+    passing its check (``checks``: field → predicate), else a :class:`WeightsIntegrityError` that
+    names ``where`` and the bad fields."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(raw, Mapping) or set(raw) != set(names):
+        got = sorted(map(str, raw))[:12] if isinstance(raw, Mapping) else type(raw).__name__
+        raise WeightsIntegrityError(f"{where}: expected the fields {names}, got {got}")
+    bad = [f"{k}={repr(raw[k])[:60]}" for k, ok in checks.items() if not ok(raw[k])]
+    if bad:
+        raise WeightsIntegrityError(f"{where}: bad field(s) {', '.join(bad)}")
 
 
 def _is_hex(value: Any, length: int) -> bool:
@@ -184,8 +199,17 @@ def _is_hex(value: Any, length: int) -> bool:
     )
 
 
+# The checks of the fields that shipped and retired entries share (_check_fields).
+_ROW_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "model": lambda v: isinstance(v, str) and v != "",
+    "quality": lambda v: type(v) is int and v >= 1,
+    "sha256": lambda v: _is_hex(v, 64),
+    "weights_hash": lambda v: _is_hex(v, 32),
+}
+
+
 @dataclass(frozen=True)
-class RetiredWeights:
+class RetiredWeights(_Row):
     """Weights that shipped once and were replaced: what ``index.json`` keeps of them under
     ``"retired"``, so that a ``.hpcm`` file coded with them is named, not just refused.
 
@@ -204,11 +228,6 @@ class RetiredWeights:
     retired: str
     replaced_by: str
 
-    @property
-    def label(self) -> str:
-        """``"hpcm-small q2"``."""
-        return f"{self.model} q{self.quality}"
-
     @classmethod
     def from_json(cls, raw: Any, where: str) -> RetiredWeights:
         """A ``"retired"`` entry of ``index.json``, checked field by field.
@@ -216,21 +235,16 @@ class RetiredWeights:
         Raises:
             WeightsIntegrityError: a missing or malformed field (``where`` names the entry).
         """
-        names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(raw, Mapping) or set(raw) != set(names):
-            got = sorted(map(str, raw))[:12] if isinstance(raw, Mapping) else type(raw).__name__
-            raise WeightsIntegrityError(f"{where}: expected the fields {names}, got {got}")
-        checks = {
-            "model": isinstance(raw["model"], str) and raw["model"] != "",
-            "quality": type(raw["quality"]) is int and raw["quality"] >= 1,
-            "weights_hash": _is_hex(raw["weights_hash"], 32),
-            "sha256": _is_hex(raw["sha256"], 64),
-            "retired": isinstance(raw["retired"], str) and _is_date(raw["retired"]),
-            "replaced_by": _is_hex(raw["replaced_by"], 32),
-        }
-        bad = [f"{k}={repr(raw[k])[:60]}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise WeightsIntegrityError(f"{where}: bad field(s) {', '.join(bad)}")
+        _check_fields(
+            cls,
+            raw,
+            where,
+            {
+                **_ROW_CHECKS,
+                "retired": lambda v: isinstance(v, str) and _is_date(v),
+                "replaced_by": lambda v: _is_hex(v, 32),
+            },
+        )
         return cls(**raw)
 
 
@@ -296,7 +310,10 @@ def read_index(directory: str | os.PathLike[str] | None = None) -> tuple[Shipped
     Raises:
         WeightsIntegrityError: a missing or malformed index, or a (model, quality) listed twice.
     """
-    path, document = _read_index_document(directory)
+    return _entries(*_read_index_document(directory))
+
+
+def _entries(path: Path, document: Mapping[str, Any]) -> tuple[ShippedWeights, ...]:
     entries = [
         ShippedWeights.from_json(raw, f"{path}, entry {i}")
         for i, raw in enumerate(document["weights"])
@@ -315,7 +332,10 @@ def read_retired(directory: str | os.PathLike[str] | None = None) -> tuple[Retir
     Raises:
         WeightsIntegrityError: a missing or malformed index or entry.
     """
-    path, document = _read_index_document(directory)
+    return _retired(*_read_index_document(directory))
+
+
+def _retired(path: Path, document: Mapping[str, Any]) -> tuple[RetiredWeights, ...]:
     return tuple(
         RetiredWeights.from_json(raw, f"{path}, retired entry {i}")
         for i, raw in enumerate(document.get("retired", []))
@@ -746,9 +766,11 @@ def add_to_index(entry: ShippedWeights, directory: str | os.PathLike[str]) -> li
     path = directory / entry.file
     if not path.is_file() or path.stat().st_size != entry.bytes or _sha256(path) != entry.sha256:
         raise WeightsIntegrityError(f"{str(path)!r} is not the file of {entry.label}")
-    exists = (directory / INDEX_NAME).is_file()
-    entries = list(read_index(directory)) if exists else []
-    retired = list(read_retired(directory)) if exists else []
+    entries: list[ShippedWeights] = []
+    retired: list[RetiredWeights] = []
+    if (directory / INDEX_NAME).is_file():
+        path, document = _read_index_document(directory)
+        entries, retired = list(_entries(path, document)), list(_retired(path, document))
     for old in entries:
         same_row = (old.model, old.quality) == (entry.model, entry.quality)
         if same_row and old.weights_hash != entry.weights_hash:
