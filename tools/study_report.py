@@ -1090,8 +1090,13 @@ def _signed(value: float, spec: str) -> str:
 
 def _steps(trained: Mapping[str, Any]) -> Any:
     """Optimizer steps behind shipped weights: all of them (``total_steps``, counting the weights
-    a run continued from), else the last run's, else ``"?"``."""
-    return trained.get("total_steps") or trained.get("step", "?")
+    a run continued from); ``"N + ?"`` where the weights continued from do not say theirs;
+    else the run's own, else ``"?"``."""
+    if "total_steps" not in trained:
+        return trained.get("step", "?")
+    if trained["total_steps"] is None:
+        return f"{trained.get('step', '?')} + ?"
+    return trained["total_steps"]
 
 
 def shipped_block(shipped: Mapping[str, Any]) -> str:

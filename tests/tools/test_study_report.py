@@ -380,3 +380,11 @@ def test_shipped_points_are_found_by_label_or_by_their_weights() -> None:
     assert tool._shipped_entry("hpcm-small q2", ROOT, entries, q2.weights_hash) == q2
     with pytest.raises(SystemExit, match="evaluate the shipped weights again"):
         tool._shipped_entry("hpcm-small q2", ROOT, entries, "0" * 32)
+
+
+def test_steps_of_shipped_weights_count_what_they_continued_from() -> None:
+    assert tool._steps({"step": 24000, "total_steps": 30000}) == 30000
+    # Continued from weights that do not say their steps (e.g. the authors' checkpoints).
+    assert tool._steps({"step": 24000, "total_steps": None}) == "24000 + ?"
+    assert tool._steps({"step": 6000}) == 6000  # summaries from before total_steps
+    assert tool._steps({}) == "?"
