@@ -189,12 +189,13 @@ def continuation(baseline: Path) -> dict[str, Any]:
     """Where a run that started from ``--from-baseline`` weights came from: the file's name and
     SHA-256, and the optimizer steps behind it (its ``meta``'s ``total_steps``, else ``step``;
     ``None`` for a file that does not say, such as the authors' checkpoints)."""
-    import torch
+    from hpcm_models.checkpoints import read_checkpoint
+    from hpcm_models.errors import CheckpointError
 
     steps = None
     try:
-        obj = torch.load(baseline, map_location="cpu", weights_only=True)
-    except Exception:  # a file torch cannot read safely says nothing of its steps
+        obj = read_checkpoint(baseline)
+    except CheckpointError:  # a file that cannot be read safely says nothing of its steps
         obj = None
     meta = obj.get("meta") if isinstance(obj, dict) else None
     if isinstance(meta, dict):
